@@ -1,0 +1,72 @@
+"""Request dependencies: the running server and the verified caller."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import orjson
+from fastapi import Depends, HTTPException, Request
+from starlette.requests import HTTPConnection
+
+from ..auth import Principal
+from ..errors import AuthError
+from ..runtime import Runtime
+
+
+def get_runtime(conn: HTTPConnection) -> Runtime:
+    runtime: Runtime = conn.app.state.runtime
+    return runtime
+
+
+def authenticate(conn: HTTPConnection) -> Principal:
+    """The caller, from ``Authorization: Bearer`` or ``?token=`` (or dev mode's ``?tenant_id=``)."""
+    runtime = get_runtime(conn)
+    header = conn.headers.get("authorization")
+    token: str | None = None
+    if header:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise AuthError("Authorization header must be 'Bearer <token>'")
+        token = value.strip()
+    else:
+        token = conn.query_params.get("token")
+    if token:
+        return runtime.verifier.verify(token)
+    if runtime.settings.insecure_dev:
+        tenant = conn.query_params.get("tenant_id")
+        if tenant and len(tenant) <= 200:
+            return Principal(
+                tenant_id=tenant,
+                user_id=conn.query_params.get("user_id") or None,
+                scopes=frozenset({"publish"}),
+            )
+    raise AuthError("missing token: send 'Authorization: Bearer <token>' or '?token='")
+
+
+def _principal(request: Request) -> Principal:
+    try:
+        return authenticate(request)
+    except AuthError as exc:
+        raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+PrincipalDep = Annotated[Principal, Depends(_principal)]
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The request body as JSON: 413 past ``limit`` bytes, 422 when it does not parse."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"body is {declared} bytes; the limit is {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413, f"body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    try:
+        return orjson.loads(b"".join(chunks))
+    except orjson.JSONDecodeError as exc:
+        raise HTTPException(422, f"body is not valid JSON: {exc}") from None

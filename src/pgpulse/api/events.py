@@ -1,0 +1,71 @@
+"""``POST /api/events``: publish from any service that speaks HTTP."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..errors import InvalidEvent
+from ..publish import NewEvent
+from .deps import PrincipalDep, RuntimeDep, read_json
+
+router = APIRouter()
+
+Name = Field(min_length=1, max_length=200)
+
+
+class EventIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    topic: str = Field(default="notifications", min_length=1, max_length=200)
+    type: str = Name
+    data: Any
+    user_id: str | None = Field(default=None, min_length=1, max_length=200)
+
+
+class EventOut(BaseModel):
+    event_id: int
+
+
+@router.post(
+    "/api/events",
+    status_code=201,
+    response_model=EventOut,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": EventIn.model_json_schema()}},
+        }
+    },
+)
+async def publish_event(request: Request, runtime: RuntimeDep, principal: PrincipalDep) -> EventOut:
+    if "publish" not in principal.scopes:
+        raise HTTPException(403, "token lacks scope 'publish'")
+    # Read the body by hand so that the size limit holds before parsing.
+    body = await read_json(request, runtime.settings.max_payload_bytes)
+    try:
+        event_in = EventIn.model_validate(body)
+    except ValidationError as exc:
+        raise HTTPException(422, _describe(exc)) from None
+    if "data" not in (body if isinstance(body, dict) else {}):
+        raise HTTPException(422, "data: field required")
+    try:
+        event = NewEvent.build(
+            principal.tenant_id, event_in.type, event_in.data, event_in.topic, event_in.user_id
+        )
+    except InvalidEvent as exc:
+        raise HTTPException(422, str(exc)) from None
+    with runtime.metrics.publish_seconds.time():
+        event_id = await runtime.publisher.publish(event)
+    runtime.metrics.events_published.labels("http").inc()
+    return EventOut(event_id=event_id)
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "body"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)

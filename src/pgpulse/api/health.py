@@ -1,0 +1,46 @@
+"""``/healthz`` (the process is up), ``/readyz`` (it can deliver), ``/metrics``."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .deps import RuntimeDep
+
+router = APIRouter()
+
+READY_TIMEOUT = 2.0  # seconds for the database probe
+
+
+@router.get("/healthz")
+async def healthz(runtime: RuntimeDep) -> dict[str, object]:
+    return {"status": "ok", "insecure_dev": runtime.settings.insecure_dev}
+
+
+@router.get("/readyz")
+async def readyz(runtime: RuntimeDep) -> Response:
+    database = False
+    try:
+        async with asyncio.timeout(READY_TIMEOUT):
+            async with runtime.pool.connection() as conn:
+                await conn.execute("SELECT 1")
+        database = True
+    except Exception:
+        database = False
+    listener = runtime.listener.connected
+    ready = database and listener
+    return JSONResponse(
+        {"ready": ready, "database": database, "listener": listener},
+        status_code=200 if ready else 503,
+    )
+
+
+@router.get("/metrics")
+async def metrics(runtime: RuntimeDep) -> Response:
+    m = runtime.metrics
+    m.listener_up.set(1 if runtime.listener.connected else 0)
+    m.listener_reconnects.set(runtime.listener.reconnects)
+    return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

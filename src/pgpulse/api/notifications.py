@@ -1,0 +1,69 @@
+"""The seed's notification endpoints: a stored message and its event, in one transaction."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, Field
+
+from ..publish import publish
+from ..sql import QUERIES
+from .deps import PrincipalDep, RuntimeDep
+
+router = APIRouter()
+
+
+class NotificationIn(BaseModel):
+    message: str = Field(min_length=1, max_length=100_000)
+
+
+class NotificationCreated(BaseModel):
+    ok: bool = True
+    id: int
+    event_id: int
+
+
+class Notification(BaseModel):
+    id: int
+    message: str
+    created_at: datetime
+
+
+@router.post("/api/notifications", status_code=201, response_model=NotificationCreated)
+async def create_notification(
+    body: NotificationIn, runtime: RuntimeDep, principal: PrincipalDep
+) -> NotificationCreated:
+    async with runtime.pool.connection() as conn, conn.transaction():
+        cur = await conn.execute(
+            QUERIES["insert_notification"],
+            {"tenant_id": principal.tenant_id, "message": body.message},
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        notification_id = int(row[0])
+        event_id = await publish(
+            conn,
+            tenant_id=principal.tenant_id,
+            topic="notifications",
+            type="notification",
+            data={"message": body.message, "notification_id": notification_id},
+        )
+    runtime.metrics.events_published.labels("notifications").inc()
+    return NotificationCreated(id=notification_id, event_id=event_id)
+
+
+@router.get("/api/notifications", response_model=list[Notification])
+async def list_notifications(
+    runtime: RuntimeDep,
+    principal: PrincipalDep,
+    before: int | None = Query(default=None, ge=1),
+    limit: int = Query(default=50, ge=1, le=500),
+) -> list[Notification]:
+    async with runtime.pool.connection() as conn:
+        cur = await conn.execute(
+            QUERIES["list_notifications"],
+            {"tenant_id": principal.tenant_id, "before": before, "limit": limit},
+        )
+        rows = await cur.fetchall()
+    return [Notification(id=r[0], message=r[1], created_at=r[2]) for r in rows]

@@ -1,0 +1,120 @@
+"""The server: :func:`create_app` wires every part, and nothing else does.
+
+At start the lifespan opens the pool, applies migrations, and starts the
+listener, whose sink is the hub (``hub.on_new_room`` points back at
+``listener.kick``, so neither module imports the other). The path of one
+event: ``publish`` → ``pgpulse.events`` + NOTIFY → ``listener`` → ``hub`` →
+``transports``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from . import db
+from .api import events, health, notifications
+from .auth import Verifier
+from .history import History
+from .hub import Hub
+from .listener import Listener
+from .metrics import Metrics
+from .migrate import migrate
+from .publish import BatchPublisher
+from .retention import prune_forever
+from .runtime import Runtime
+from .settings import Settings
+from .transports.sse import sse_endpoint
+from .transports.subscription import Stream
+from .transports.ws import websocket_endpoint
+
+log = logging.getLogger("pgpulse")
+
+INSECURE_DEV_WARNING = (
+    "INSECURE DEV MODE: ?tenant_id= is accepted without a token; "
+    "anyone can read any tenant. Never run this in production."
+)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        embedded: db.EmbeddedPostgres | None = None
+        url = settings.database_url
+        if not url:
+            embedded = db.EmbeddedPostgres(settings.pgdata)
+            url = embedded.start()
+        if settings.insecure_dev:
+            log.warning(INSECURE_DEV_WARNING)
+        verifier = Verifier.from_settings(settings)
+        await migrate(url)
+        pool = await db.open_pool(url, settings.pool_min_size, settings.pool_max_size)
+        metrics = Metrics()
+        hub = Hub()
+        listener = Listener(
+            url,
+            pool,
+            hub,
+            poll_interval=settings.listener_poll_interval,
+            on_events=metrics.events_delivered.inc,
+        )
+        hub.on_new_room = listener.kick
+        history = History(pool)
+        app.state.runtime = Runtime(
+            settings=settings,
+            database_url=url,
+            pool=pool,
+            hub=hub,
+            listener=listener,
+            history=history,
+            stream=Stream(hub, history),
+            publisher=BatchPublisher(pool),
+            verifier=verifier,
+            metrics=metrics,
+        )
+        listener.start()
+        pruner = asyncio.create_task(
+            prune_forever(
+                pool,
+                settings.retention_seconds,
+                settings.retention_max_events,
+                settings.prune_interval,
+            )
+        )
+        try:
+            yield
+        finally:
+            hub.close_all()
+            pruner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pruner
+            await listener.stop()
+            await pool.close()
+            if embedded is not None:
+                embedded.stop()
+
+    app = FastAPI(title="pgpulse", lifespan=lifespan)
+    app.include_router(notifications.router)
+    app.include_router(events.router)
+    app.include_router(health.router)
+    app.add_api_websocket_route("/ws", websocket_endpoint)
+    app.add_api_websocket_route("/ws/notifications", websocket_endpoint)
+    app.add_api_route("/sse", sse_endpoint, methods=["GET"])
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for error in exc.errors():
+            where = ".".join(str(p) for p in error.get("loc", ())) or "body"
+            parts.append(f"{where}: {error.get('msg')}")
+        return JSONResponse({"detail": "; ".join(parts)}, status_code=422)
+
+    return app

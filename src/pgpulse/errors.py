@@ -1,0 +1,39 @@
+"""The one error tree of pgpulse.
+
+Every error pgpulse raises on purpose is a :class:`PgpulseError`. Each class's
+docstring is its default message, so ``raise ConfigError()`` still says
+something useful; pass a message to say more.
+"""
+
+from __future__ import annotations
+
+
+class PgpulseError(Exception):
+    """pgpulse failed."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class ConfigError(PgpulseError):
+    """the configuration is invalid."""
+
+
+class DatabaseUnavailable(PgpulseError):
+    """the database is not reachable."""
+
+
+class AuthError(PgpulseError):
+    """the token was refused."""
+
+
+class ForbiddenTopic(AuthError):
+    """the token does not allow this topic."""
+
+
+class InvalidEvent(PgpulseError):
+    """the event is not valid."""
+
+
+class TrackError(PgpulseError):
+    """the table cannot be tracked."""

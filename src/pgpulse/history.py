@@ -1,0 +1,83 @@
+"""Reading a tenant's retained events: where a stream stands, and replay after a point.
+
+Ids are gap-free per tenant (see ``sql/migrations/0001_events.sql``), so a
+resume point ``N`` is still whole exactly when the first retained id after it
+is ``N + 1``, or when nothing after it was ever published. Anything else means
+events after ``N`` were pruned: the client gets a reset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .listener import row_to_event
+from .sql import QUERIES
+
+if TYPE_CHECKING:
+    from psycopg_pool import AsyncConnectionPool
+
+    from .events import Event
+
+REPLAY_PAGE = 500  # events per query while replaying
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    """Where a new connection starts: after ``position``, or with a reset first."""
+
+    head: int
+    position: int
+    reset: str | None = None
+
+
+class History:
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self._pool = pool
+
+    async def start(self, tenant_id: str, resume_from: int | None) -> Start:
+        """Decide where a connection starts; ``resume_from=None`` means "from now"."""
+        after = 0 if resume_from is None else resume_from
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(QUERIES["position"], {"tenant_id": tenant_id, "after": after})
+            row = await cur.fetchone()
+        assert row is not None
+        head, first_after = int(row[0]), row[1]
+        if resume_from is None:
+            return Start(head, head)
+        if resume_from > head:
+            # A position this database never handed out (it was reset or replaced).
+            return Start(head, head, reset="unknown_position")
+        if resume_from < head and (first_after is None or first_after > resume_from + 1):
+            return Start(head, head, reset="history_expired")
+        return Start(head, resume_from)
+
+    async def replay(
+        self,
+        tenant_id: str,
+        after: int,
+        until: int,
+        topics: frozenset[str] | None,
+        user_id: str | None,
+    ) -> AsyncIterator[Event]:
+        """The retained events in ``(after, until]`` this connection may see, in id order."""
+        while after < until:
+            async with self._pool.connection() as conn:
+                cur = await conn.execute(
+                    QUERIES["replay"],
+                    {
+                        "tenant_id": tenant_id,
+                        "after": after,
+                        "until": until,
+                        "topics": sorted(topics) if topics is not None else None,
+                        "user_id": user_id,
+                        "limit": REPLAY_PAGE,
+                    },
+                )
+                rows = await cur.fetchall()
+            for row in rows:
+                yield row_to_event(row)
+            if len(rows) < REPLAY_PAGE:
+                return
+            after = int(rows[-1][1])

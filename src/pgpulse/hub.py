@@ -1,0 +1,187 @@
+"""The hub: which connection gets which event, through a bounded queue each.
+
+The listener hands the hub batches of committed events, in id order per
+tenant. The hub keeps one *room* per tenant with local connections; a room's
+``cursor`` is the newest id it has dispatched, and it is also where the
+listener resumes reading for that tenant. Dispatch is synchronous and never
+waits on a socket: each connection has its own queue, drained by its own
+writer task. A queue that passes its limit marks the connection slow; its
+writer closes it with 1013 and the client resumes from its last id. No other
+connection waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+
+from .events import Event
+
+
+class SlowConsumer(Exception):
+    """The connection's outbound queue passed its limit."""
+
+
+class Subscription:
+    """One connection's filter, position and outbound queue.
+
+    ``position`` is the newest id this connection has been sent or has
+    skipped; events at or below it are never sent again, which is what joins
+    a replay to the live stream without a duplicate.
+    """
+
+    __slots__ = (
+        "_wake",
+        "closed",
+        "max_bytes",
+        "max_events",
+        "overflowed",
+        "position",
+        "queue",
+        "queued_bytes",
+        "tenant_id",
+        "topics",
+        "user_id",
+    )
+
+    def __init__(
+        self,
+        tenant_id: str,
+        user_id: str | None = None,
+        topics: frozenset[str] | None = None,
+        max_events: int = 1000,
+        max_bytes: int = 4 * 1024 * 1024,
+    ) -> None:
+        self.tenant_id = tenant_id
+        self.user_id = user_id
+        self.topics = topics
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.position = 0
+        self.queue: deque[Event] = deque()
+        self.queued_bytes = 0
+        self.overflowed = False
+        self.closed = False
+        self._wake = asyncio.Event()
+
+    def wants(self, event: Event) -> bool:
+        if event.user_id is not None and event.user_id != self.user_id:
+            return False
+        return self.topics is None or event.topic in self.topics
+
+    def offer(self, event: Event) -> None:
+        """Queue an event; never blocks. Past the limit the queue is dropped and marked slow."""
+        if self.overflowed or self.closed:
+            return
+        self.queue.append(event)
+        self.queued_bytes += event.size
+        if len(self.queue) > self.max_events or self.queued_bytes > self.max_bytes:
+            self.overflowed = True
+            self.queue.clear()
+            self.queued_bytes = 0
+        self._wake.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self._wake.set()
+
+    async def next_batch(self, idle: float | None = None) -> list[Event]:
+        """Wait for queued events newer than ``position`` and take them all.
+
+        Returns ``[]`` after ``idle`` seconds without any (a heartbeat
+        moment) or once closed; raises :class:`SlowConsumer` after an overflow.
+        """
+        while not self.queue:
+            if self.overflowed:
+                raise SlowConsumer
+            if self.closed:
+                return []
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), idle)
+            except TimeoutError:
+                return []
+        if self.overflowed:
+            raise SlowConsumer
+        batch = [event for event in self.queue if event.id > self.position]
+        self.queue.clear()
+        self.queued_bytes = 0
+        if batch:
+            self.position = batch[-1].id
+        return batch
+
+
+class _Room:
+    __slots__ = ("cursor", "subscriptions")
+
+    def __init__(self, cursor: int) -> None:
+        self.cursor = cursor
+        self.subscriptions: set[Subscription] = set()
+
+
+class Hub:
+    """Tenant rooms of local connections; the listener's event sink."""
+
+    def __init__(self) -> None:
+        self._rooms: dict[str, _Room] = {}
+        self.on_new_room: Callable[[str], None] | None = None
+        """Called with a tenant id when its first local connection joins; the
+        app points it at the listener, which then reads that tenant's events
+        committed since the room's starting cursor."""
+
+    @property
+    def connections(self) -> int:
+        return sum(len(room.subscriptions) for room in self._rooms.values())
+
+    def join(self, subscription: Subscription, head: int) -> int:
+        """Add a connection; ``head`` is its tenant's newest committed id, read just before.
+
+        Returns the room's cursor: every event after it reaches the
+        connection's queue, so the connection must replay up to it from the
+        table (it may be ahead of ``head`` when the room already existed).
+        """
+        room = self._rooms.get(subscription.tenant_id)
+        if room is None:
+            room = self._rooms[subscription.tenant_id] = _Room(head)
+            if self.on_new_room is not None:
+                self.on_new_room(subscription.tenant_id)
+        room.subscriptions.add(subscription)
+        return room.cursor
+
+    def leave(self, subscription: Subscription) -> None:
+        subscription.close()
+        room = self._rooms.get(subscription.tenant_id)
+        if room is not None:
+            room.subscriptions.discard(subscription)
+            if not room.subscriptions:
+                del self._rooms[subscription.tenant_id]
+
+    def positions(self, tenants: Iterable[str] | None = None) -> dict[str, int]:
+        """Each room's cursor, for ``tenants`` (those with a room) or for all rooms."""
+        if tenants is None:
+            return {tenant: room.cursor for tenant, room in self._rooms.items()}
+        return {t: room.cursor for t in tenants if (room := self._rooms.get(t)) is not None}
+
+    def deliver(self, events: Sequence[Event]) -> int:
+        """Dispatch committed events, in id order per tenant; returns how many were queued.
+
+        An event at or below its room's cursor was dispatched already (a
+        catch-up read can overlap a wake-up read) and is skipped.
+        """
+        queued = 0
+        for event in events:
+            room = self._rooms.get(event.tenant_id)
+            if room is None or event.id <= room.cursor:
+                continue
+            room.cursor = event.id
+            for subscription in room.subscriptions:
+                if subscription.wants(event):
+                    subscription.offer(event)
+                    queued += 1
+        return queued
+
+    def close_all(self) -> None:
+        for room in self._rooms.values():
+            for subscription in room.subscriptions:
+                subscription.close()

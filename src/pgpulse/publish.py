@@ -1,0 +1,186 @@
+"""Publishing: an event exists if and only if its transaction commits.
+
+Two ways in:
+
+* :func:`publish` joins the caller's transaction (psycopg ``AsyncConnection``
+  or SQLAlchemy ``AsyncSession``/``AsyncConnection``) by calling the SQL
+  function ``pgpulse.publish``; the event is delivered when, and only when,
+  the caller commits.
+* :class:`BatchPublisher` is the server's own path for HTTP publishes that
+  have no caller transaction. Requests that arrive while a batch is being
+  written are grouped into the next one: one transaction, one counter update
+  and one NOTIFY per tenant. NOTIFY takes a cluster-wide lock at commit, so
+  fewer, larger commits are what lets publishing scale.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import psycopg
+
+from .errors import InvalidEvent
+from .events import MAX_NAME_LENGTH
+from .sql import QUERIES
+
+if TYPE_CHECKING:
+    from psycopg_pool import AsyncConnectionPool
+
+_SQLALCHEMY_PUBLISH = (
+    "SELECT pgpulse.publish(:tenant_id, :topic, :type, CAST(:data AS jsonb), :user_id)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event to publish: ``data_json`` is already-encoded JSON."""
+
+    tenant_id: str
+    topic: str
+    type: str
+    data_json: str
+    user_id: str | None = None
+
+    @classmethod
+    def build(
+        cls,
+        tenant_id: str,
+        type: str,
+        data: Any,
+        topic: str = "notifications",
+        user_id: str | None = None,
+    ) -> NewEvent:
+        """Check names and encode ``data``, with errors that say which field is wrong."""
+        _check_name("tenant_id", tenant_id)
+        _check_name("topic", topic)
+        _check_name("type", type)
+        if user_id is not None:
+            _check_name("user_id", user_id)
+        try:
+            data_json = orjson.dumps(data).decode()
+        except TypeError as exc:
+            raise InvalidEvent(f"data is not JSON-serialisable: {exc}") from None
+        if "\\u0000" in data_json:
+            raise InvalidEvent("data must not contain NUL characters (jsonb refuses them)")
+        return cls(tenant_id, topic, type, data_json, user_id)
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "tenant_id": self.tenant_id,
+            "topic": self.topic,
+            "type": self.type,
+            "data": self.data_json,
+            "user_id": self.user_id,
+        }
+
+
+def _check_name(field: str, value: object) -> None:
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_NAME_LENGTH:
+        shown = f"{len(value)} characters" if isinstance(value, str) else type(value).__name__
+        raise InvalidEvent(
+            f"{field} must be a string of 1 to {MAX_NAME_LENGTH} characters, got {shown}"
+        )
+    if "\x00" in value:
+        raise InvalidEvent(f"{field} must not contain NUL characters")
+
+
+async def publish(
+    conn: Any,
+    *,
+    tenant_id: str,
+    type: str,
+    data: Any,
+    topic: str = "notifications",
+    user_id: str | None = None,
+) -> int:
+    """Publish an event in ``conn``'s current transaction and return its id.
+
+    The event is stored, and delivered, only if that transaction commits. On a
+    connection in autocommit mode the event commits at once.
+    """
+    event = NewEvent.build(tenant_id, type, data, topic=topic, user_id=user_id)
+    if isinstance(conn, psycopg.AsyncConnection):
+        cur = await conn.execute(QUERIES["publish"], event.params())
+        row = await cur.fetchone()
+        assert row is not None
+        return int(row[0])
+    return await _publish_sqlalchemy(conn, event)
+
+
+async def _publish_sqlalchemy(conn: Any, event: NewEvent) -> int:
+    try:
+        from sqlalchemy import text
+        from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+    except ImportError:
+        raise TypeError(
+            f"pgpulse.publish takes a psycopg AsyncConnection or, with the 'sqlalchemy' extra, "
+            f"an SQLAlchemy AsyncSession/AsyncConnection; got {type(conn).__name__}"
+        ) from None
+    if not isinstance(conn, AsyncSession | AsyncConnection):
+        raise TypeError(
+            f"pgpulse.publish takes a psycopg AsyncConnection or an SQLAlchemy "
+            f"AsyncSession/AsyncConnection; got {type(conn).__name__}"
+        )
+    result = await conn.execute(text(_SQLALCHEMY_PUBLISH), event.params())
+    return int(result.scalar_one())
+
+
+class BatchPublisher:
+    """Groups concurrent publishes into one transaction per batch (group commit).
+
+    No timer: a batch is written as soon as a writer is free, so a lone
+    publish goes out at once, and under load each commit carries everything
+    that arrived while the previous one was in flight.
+    """
+
+    def __init__(self, pool: AsyncConnectionPool, max_batch: int = 500, writers: int = 2) -> None:
+        self._pool = pool
+        self._max_batch = max_batch
+        self._writers = writers
+        self._active = 0
+        self._pending: list[tuple[NewEvent, asyncio.Future[int]]] = []
+
+    async def publish(self, event: NewEvent) -> int:
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._pending.append((event, future))
+        if self._active < self._writers:
+            self._active += 1
+            asyncio.get_running_loop().create_task(self._drain())
+        # shield: a caller that goes away does not cancel a write others share
+        return await asyncio.shield(future)
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                batch = self._pending[: self._max_batch]
+                del self._pending[: self._max_batch]
+                try:
+                    ids = await self._write([event for event, _ in batch])
+                except Exception as exc:  # every waiter learns why its publish failed
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, future), event_id in zip(batch, ids, strict=True):
+                    if not future.done():
+                        future.set_result(event_id)
+        finally:
+            self._active -= 1
+
+    async def _write(self, events: list[NewEvent]) -> list[int]:
+        params: Mapping[str, Any] = {
+            "tenant_ids": [e.tenant_id for e in events],
+            "topics": [e.topic for e in events],
+            "types": [e.type for e in events],
+            "datas": [e.data_json for e in events],
+            "user_ids": [e.user_id for e in events],
+        }
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(QUERIES["publish_many"], params)
+            row = await cur.fetchone()
+        assert row is not None
+        return [int(i) for i in row[0]]

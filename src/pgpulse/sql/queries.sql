@@ -1,0 +1,74 @@
+-- Named queries of pgpulse. Each starts with "-- name: NAME" and a line on
+-- what it is for; sql.py loads them once.
+
+-- name: publish
+-- Publish one event inside the caller's transaction.
+SELECT pgpulse.publish(%(tenant_id)s, %(topic)s, %(type)s, %(data)s::jsonb, %(user_id)s);
+
+-- name: publish_many
+-- Publish a batch of events in one statement; ids come back in input order.
+SELECT pgpulse.publish_many(
+    %(tenant_ids)s::text[], %(topics)s::text[], %(types)s::text[],
+    %(datas)s::jsonb[], %(user_ids)s::text[]);
+
+-- name: fetch_after
+-- The listener's read: each tenant's events after its cursor, in id order.
+SELECT e.tenant_id, e.id, e.topic, e.type, e.data::text, e.user_id, e.created_at
+FROM unnest(%(tenants)s::text[], %(after)s::bigint[]) AS c(tenant_id, after_id)
+CROSS JOIN LATERAL (
+    SELECT * FROM pgpulse.events AS ev
+    WHERE ev.tenant_id = c.tenant_id AND ev.id > c.after_id
+    ORDER BY ev.id
+    LIMIT %(limit)s
+) AS e
+ORDER BY e.tenant_id, e.id;
+
+-- name: position
+-- Where a tenant's stream stands: its newest id and the first retained id after a point.
+SELECT
+    coalesce((SELECT t.last_id FROM pgpulse.tenants AS t WHERE t.tenant_id = %(tenant_id)s), 0),
+    (SELECT min(e.id) FROM pgpulse.events AS e
+     WHERE e.tenant_id = %(tenant_id)s AND e.id > %(after)s);
+
+-- name: replay
+-- A page of a tenant's retained events after a point, as one connection may see them.
+SELECT e.tenant_id, e.id, e.topic, e.type, e.data::text, e.user_id, e.created_at
+FROM pgpulse.events AS e
+WHERE e.tenant_id = %(tenant_id)s AND e.id > %(after)s AND e.id <= %(until)s
+  AND (%(topics)s::text[] IS NULL OR e.topic = ANY(%(topics)s::text[]))
+  AND (e.user_id IS NULL OR e.user_id = %(user_id)s)
+ORDER BY e.id
+LIMIT %(limit)s;
+
+-- name: prune_by_age
+-- Delete up to a batch of events older than the retention horizon.
+DELETE FROM pgpulse.events AS e
+USING (
+    SELECT tenant_id, id FROM pgpulse.events
+    WHERE created_at < clock_timestamp() - make_interval(secs => %(seconds)s)
+    LIMIT %(batch)s
+) AS old
+WHERE e.tenant_id = old.tenant_id AND e.id = old.id;
+
+-- name: prune_by_count
+-- Delete up to a batch of events past each tenant's newest N.
+DELETE FROM pgpulse.events AS e
+USING (
+    SELECT ev.tenant_id, ev.id FROM pgpulse.events AS ev
+    JOIN pgpulse.tenants AS t ON t.tenant_id = ev.tenant_id
+    WHERE ev.id <= t.last_id - %(keep)s
+    LIMIT %(batch)s
+) AS old
+WHERE e.tenant_id = old.tenant_id AND e.id = old.id;
+
+-- name: insert_notification
+-- The seed's notification row; its event is published in the same transaction.
+INSERT INTO pgpulse.notifications (tenant_id, message) VALUES (%(tenant_id)s, %(message)s)
+RETURNING id;
+
+-- name: list_notifications
+-- A tenant's notifications, newest first, before an id.
+SELECT id, message, created_at FROM pgpulse.notifications
+WHERE tenant_id = %(tenant_id)s AND (%(before)s::bigint IS NULL OR id < %(before)s::bigint)
+ORDER BY id DESC
+LIMIT %(limit)s;

@@ -1,0 +1,1 @@
+"""Transports: how events leave the server (WebSocket, Server-Sent Events)."""

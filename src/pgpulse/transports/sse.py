@@ -1,0 +1,80 @@
+"""``GET /sse``: the Server-Sent Events transport.
+
+Same auth, query and guarantees as ``/ws``, through the same
+:class:`~pgpulse.transports.subscription.Stream`. Events carry ``id:`` so the
+browser's ``EventSource`` resumes with ``Last-Event-ID`` by itself; control
+frames come as ``event: control`` without an id, and comment lines keep idle
+connections (and the proxies between) alive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import HTTPException, Request
+from fastapi.responses import StreamingResponse
+
+from ..api.deps import authenticate, get_runtime
+from ..errors import AuthError, ForbiddenTopic
+from ..events import Event
+from ..hub import SlowConsumer, Subscription
+from ..runtime import Runtime
+from .subscription import HEARTBEAT
+from .ws import parse_last_event_id
+
+RETRY_MS = 1000  # how soon EventSource reconnects
+
+
+async def sse_endpoint(request: Request) -> StreamingResponse:
+    runtime = get_runtime(request)
+    try:
+        principal = authenticate(request)
+        topics = principal.allowed_topics(request.query_params.get("topics"))
+    except ForbiddenTopic as exc:
+        raise HTTPException(403, str(exc)) from None
+    except AuthError as exc:
+        raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
+    try:
+        resume_from = parse_last_event_id(
+            request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+        )
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
+    subscription = Subscription(
+        principal.tenant_id,
+        principal.user_id,
+        topics,
+        max_events=runtime.settings.queue_max_events,
+        max_bytes=runtime.settings.queue_max_bytes,
+    )
+    return StreamingResponse(
+        _body(runtime, subscription, resume_from),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _body(
+    runtime: Runtime, subscription: Subscription, resume_from: int | None
+) -> AsyncIterator[bytes]:
+    gauge = runtime.metrics.connections.labels("sse")
+    gauge.inc()
+    try:
+        yield f"retry: {RETRY_MS}\n\n".encode()
+        frames = runtime.stream.frames(
+            subscription, resume_from, idle=runtime.settings.sse_heartbeat
+        )
+        async with contextlib.aclosing(frames) as items:
+            async for item in items:
+                if isinstance(item, Event):
+                    yield item.sse
+                elif item == HEARTBEAT:
+                    yield b": heartbeat\n\n"
+                else:
+                    yield f"event: control\ndata: {item}\n\n".encode()
+    except SlowConsumer:
+        runtime.metrics.slow_consumers.inc()  # ending the response makes EventSource resume
+    finally:
+        gauge.dec()
+        runtime.hub.leave(subscription)

@@ -1,0 +1,135 @@
+"""``/ws`` and ``/ws/notifications``: the WebSocket transport.
+
+Each connection has two tasks: the writer (this handler) drains the
+connection's stream and sends; the reader answers client frames. A lock keeps
+their sends whole. Protocol pings and the 64 KiB frame limit are uvicorn's
+(``ws_ping_interval``, ``ws_max_size``); floods are counted here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import orjson
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from ..api.deps import authenticate, get_runtime
+from ..errors import AuthError
+from ..events import (
+    WS_1008_POLICY_VIOLATION,
+    WS_1013_TRY_AGAIN_LATER,
+    Event,
+    control,
+)
+from ..hub import SlowConsumer, Subscription
+from ..runtime import Runtime
+
+CLOSE_TIMEOUT = 5.0  # seconds to get a close frame out to a peer that does not read
+
+
+def parse_last_event_id(value: str | None) -> int | None:
+    if value is None or value == "":
+        return None
+    if not value.isdigit() or len(value) > 18:
+        raise ValueError(f"last_event_id must be a non-negative integer, got {value[:40]!r}")
+    return int(value)
+
+
+async def websocket_endpoint(websocket: WebSocket) -> None:
+    runtime = get_runtime(websocket)
+    try:
+        principal = authenticate(websocket)
+        topics = principal.allowed_topics(websocket.query_params.get("topics"))
+        resume_from = parse_last_event_id(websocket.query_params.get("last_event_id"))
+    except (AuthError, ValueError) as exc:
+        # Accept, then close with a reason: a browser cannot read a refused
+        # handshake's status, but it can read a close code and reason.
+        await websocket.accept()
+        await websocket.close(WS_1008_POLICY_VIOLATION, reason=str(exc)[:120])
+        return
+
+    await websocket.accept()
+    settings = runtime.settings
+    subscription = Subscription(
+        principal.tenant_id,
+        principal.user_id,
+        topics,
+        max_events=settings.queue_max_events,
+        max_bytes=settings.queue_max_bytes,
+    )
+    lock = asyncio.Lock()
+    gauge = runtime.metrics.connections.labels("ws")
+    gauge.inc()
+    reader = asyncio.create_task(_read_client(websocket, subscription, lock, runtime))
+    try:
+        async with contextlib.aclosing(runtime.stream.frames(subscription, resume_from)) as items:
+            async for item in items:
+                text = item.frame if isinstance(item, Event) else item
+                async with lock:
+                    await websocket.send_text(text)
+    except SlowConsumer:
+        runtime.metrics.slow_consumers.inc()
+        await _close(websocket, WS_1013_TRY_AGAIN_LATER, "slow consumer: resume from your last id")
+    except (WebSocketDisconnect, RuntimeError, OSError):
+        pass  # the peer went away mid-send
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await reader
+        gauge.dec()
+        runtime.hub.leave(subscription)
+        if reader.done() and not reader.cancelled() and (code := reader.result()) is not None:
+            await _close(websocket, code[0], code[1])
+
+
+async def _close(websocket: WebSocket, code: int, reason: str) -> None:
+    if websocket.application_state != WebSocketState.CONNECTED:
+        return
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(websocket.close(code, reason), CLOSE_TIMEOUT)
+
+
+async def _read_client(
+    websocket: WebSocket, subscription: Subscription, lock: asyncio.Lock, runtime: Runtime
+) -> tuple[int, str] | None:
+    """Answer client frames until the peer leaves; returns a close code for abuse."""
+    rate = runtime.settings.client_frames_per_second
+    allowance = burst = rate * 2
+    last = time.monotonic()
+    try:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return None
+            now = time.monotonic()
+            allowance = min(burst, allowance + (now - last) * rate)
+            last = now
+            allowance -= 1
+            if allowance < 0:
+                subscription.close()
+                return (WS_1008_POLICY_VIOLATION, "too many client frames")
+            reply = _answer(message.get("text"), message.get("bytes"))
+            async with lock:
+                await websocket.send_text(reply)
+    except (WebSocketDisconnect, RuntimeError, OSError):
+        return None
+    finally:
+        subscription.close()
+
+
+def _answer(text: str | None, data: bytes | None) -> str:
+    if text is None:
+        return control("error", message="binary frames are not supported; send JSON text")
+    try:
+        frame = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        return control("error", message=f"frame is not valid JSON: {exc}")
+    if not isinstance(frame, dict) or not isinstance(frame.get("op"), str):
+        return control(
+            "error", message='frame must be a JSON object with an "op", e.g. {"op": "ping"}'
+        )
+    if frame["op"] == "ping":
+        return control("pong")
+    return control("error", message=f"unknown op {frame['op'][:40]!r}; known: ping")
