@@ -9,6 +9,8 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import weakref
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -34,6 +36,13 @@ def free_socket() -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def bound_socket(port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
     return sock
 
 
@@ -88,10 +97,11 @@ def settings_for(database_url: str, data_dir: Path, **overrides: Any) -> Setting
 
 @contextlib.asynccontextmanager
 async def start_server(
-    database_url: str, data_dir: Path, **overrides: Any
+    database_url: str, data_dir: Path, bind_port: int | None = None, **overrides: Any
 ) -> AsyncIterator[ServerHandle]:
+    """A server in this event loop; ``bind_port`` reuses a port (to restart "the same" server)."""
     app = create_app(settings_for(database_url, data_dir, **overrides))
-    sock = free_socket()
+    sock = free_socket() if bind_port is None else bound_socket(bind_port)
     config = uvicorn.Config(
         app,
         loop="asyncio",
@@ -155,15 +165,21 @@ async def no_more_events(ws: ClientConnection, wait: float = 0.5) -> None:
 
 
 class ServerProcess:
-    """``pgpulse serve`` as a child process, stopped by its pid."""
+    """``pgpulse serve`` as a child process, stopped by its pid.
+
+    Its output goes to a file, not a pipe: a chatty server must never block on
+    a pipe nobody reads.
+    """
 
     def __init__(self, args: list[str], env: dict[str, str], port: int) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
+        self._log = tempfile.TemporaryFile()
+        weakref.finalize(self, self._log.close)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pgpulse", "serve", "--port", str(port), *args],
             env={**os.environ, **env},
-            stdout=subprocess.PIPE,
+            stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
@@ -172,8 +188,7 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                out = self.proc.stdout.read().decode() if self.proc.stdout else ""
-                raise AssertionError(f"server exited {self.proc.returncode}:\n{out}")
+                raise AssertionError(f"server exited {self.proc.returncode}:\n{self.output()}")
             try:
                 if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
                     return
@@ -193,4 +208,8 @@ class ServerProcess:
             raise
 
     def output(self) -> str:
-        return self.proc.stdout.read().decode() if self.proc.stdout else ""
+        self._log.seek(0)
+        return self._log.read().decode(errors="replace")
+
+    def close(self) -> None:
+        self._log.close()

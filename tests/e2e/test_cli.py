@@ -1,0 +1,94 @@
+"""The command line as a new user meets it: zero-config serve, token, publish, migrate."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import psycopg
+import websockets
+
+from ..support import TIMEOUT, ServerProcess, free_port, recv, until_ready
+
+
+def pgpulse(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pgpulse", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def clean_env(data_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PGPULSE_")}
+    env.pop("DATABASE_URL", None)
+    env["PGPULSE_DATA_DIR"] = str(data_dir)
+    return env
+
+
+def postmaster_running(pgdata: Path) -> bool:
+    pid_file = pgdata / "postmaster.pid"
+    if not pid_file.exists():
+        return False
+    pid = int(pid_file.read_text().splitlines()[0])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def test_zero_config_serve_token_publish(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    env = clean_env(data_dir)
+    port = free_port()
+    server = ServerProcess([], env, port)
+    try:
+        await asyncio.to_thread(server.wait_ready, 60)
+        secret = data_dir / "secrets" / "jwt_secret"
+        assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+        assert stat.S_IMODE(secret.parent.stat().st_mode) == 0o700
+        token = pgpulse("token", "--tenant", "acme", env=env)
+        assert token.returncode == 0, token.stderr
+        url = f"ws://127.0.0.1:{port}/ws?token={token.stdout.strip()}"
+        async with websockets.connect(url, open_timeout=TIMEOUT) as ws:
+            await until_ready(ws)
+            published = await asyncio.to_thread(
+                pgpulse, "publish", "acme", "greeting", '{"hello": "cli"}', env=env
+            )
+            assert published.returncode == 0, published.stderr
+            event_id = orjson.loads(published.stdout)["event_id"]
+            frame = await recv(ws)
+            assert frame["id"] == event_id and frame["data"] == {"hello": "cli"}
+            # psql's way in: the socket in the data directory.
+            sql_url = f"postgresql://postgres@/postgres?host={data_dir / 'postgres'}"
+            async with await psycopg.AsyncConnection.connect(sql_url, autocommit=True) as c:
+                await c.execute("SELECT pgpulse.publish('acme', 'n', 'from_sql', '{}')")
+            assert (await recv(ws))["type"] == "from_sql"
+    finally:
+        code = await asyncio.to_thread(server.stop)
+    assert code == 0, server.output()
+    assert "token=***" in server.output() or "token=" not in server.output()
+    # The server that started the embedded PostgreSQL stopped it.
+    assert not postmaster_running(data_dir / "postgres")
+
+
+def test_migrate_token_and_bad_arguments(database_url: str, tmp_path: Path) -> None:
+    env = {**clean_env(tmp_path), "PGPULSE_DATABASE_URL": database_url}
+    migrated = pgpulse("migrate", env=env)
+    assert migrated.returncode == 0 and "version" in migrated.stdout
+    for args in (
+        ["token", "--tenant", "a", "--ttl", "soon"],
+        ["publish", "acme", "t", "not json"],
+        ["tail"],
+    ):
+        result = pgpulse(*args, env=env)
+        assert result.returncode == 2, (args, result.stderr)
+        assert "Traceback" not in result.stderr and result.stderr.strip(), args
