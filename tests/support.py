@@ -10,8 +10,8 @@ import socket
 import subprocess
 import sys
 import tempfile
-import weakref
 import time
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,7 +146,9 @@ async def until_ready(ws: ClientConnection) -> list[dict[str, Any]]:
             return frames
 
 
-async def events(ws: ClientConnection, count: int, timeout: float = TIMEOUT) -> list[dict[str, Any]]:
+async def events(
+    ws: ClientConnection, count: int, timeout: float = TIMEOUT
+) -> list[dict[str, Any]]:
     """The next ``count`` event frames (control frames are skipped)."""
     got: list[dict[str, Any]] = []
     async with asyncio.timeout(timeout):

@@ -49,7 +49,9 @@ def refused_tokens(tenant: str) -> dict[str, str]:
     return {
         "malformed": "not-a-jwt",
         "expired": hs({"tenant_id": tenant, "exp": int(time.time()) - 60}),
-        "wrong secret": hs({"tenant_id": tenant, "exp": exp}, key="another-secret-0123456789abcdef-0123456789"),
+        "wrong secret": hs(
+            {"tenant_id": tenant, "exp": exp}, key="another-secret-0123456789abcdef-0123456789"
+        ),
         "alg none": none_alg({"tenant_id": tenant, "exp": exp}),
         "no exp": hs({"tenant_id": tenant}),
         "no tenant": hs({"sub": "u", "exp": exp}),
@@ -118,9 +120,11 @@ async def test_public_key_and_algorithm_confusion(
         if kind == "rsa"
         else ec.generate_private_key(ec.SECP256R1())
     )
-    pem = private.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    pem = (
+        private.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
     alg = "RS256" if kind == "rsa" else "ES256"
     exp = int(time.time()) + 600
     assert isinstance(tmp_path, Path)
@@ -136,7 +140,9 @@ async def test_public_key_and_algorithm_confusion(
         await assert_refused_ws(srv, none_alg({"tenant_id": tenant, "exp": exp}))
 
 
-async def test_insecure_dev_mode_is_explicit(database_url: str, tmp_path: object, tenant: str) -> None:
+async def test_insecure_dev_mode_is_explicit(
+    database_url: str, tmp_path: object, tenant: str
+) -> None:
     from pathlib import Path
 
     import websockets

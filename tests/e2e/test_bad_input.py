@@ -36,8 +36,11 @@ async def test_http_errors(server: ServerHandle, tenant: str) -> None:
         big = {"type": "x", "data": "y" * (1024 * 1024)}
         r = await http.post("/api/events", content=orjson.dumps(big), headers=auth)
         assert r.status_code == 413
-        r = await http.post("/api/notifications", content=b"{oops", headers={
-            **auth, "content-type": "application/json"})
+        r = await http.post(
+            "/api/notifications",
+            content=b"{oops",
+            headers={**auth, "content-type": "application/json"},
+        )
         assert r.status_code == 422
         r = await http.post("/api/notifications", json={"msg": "x"}, headers=auth)
         assert r.status_code == 422 and "message" in r.json()["detail"]
@@ -82,7 +85,10 @@ def test_database_down_at_start_names_the_url_without_password(tmp_path: object)
     }
     proc = subprocess.run(
         [sys.executable, "-m", "pgpulse", "serve", "--port", "0"],
-        env=env, capture_output=True, text=True, timeout=60,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode != 0
     assert "127.0.0.1:9/nowhere" in proc.stderr
@@ -94,7 +100,10 @@ def test_cli_bad_json_exits_nonzero_with_one_line(tmp_path: object) -> None:
     env = {**os.environ, "PGPULSE_DATABASE_URL": "postgresql://x@127.0.0.1:9/x"}
     proc = subprocess.run(
         [sys.executable, "-m", "pgpulse", "publish", "acme", "t", "{bad"],
-        env=env, capture_output=True, text=True, timeout=60,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "JSON does not parse" in proc.stderr

@@ -127,9 +127,7 @@ async def test_long_transaction_of_one_tenant_does_not_stall_another(
             await pgpulse.publish(slow, tenant_id=tenant, type="slow", data={})
             # The slow transaction holds its tenant's counter; the other tenant flows.
             async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as c:
-                await asyncio.wait_for(
-                    pgpulse.publish(c, tenant_id=other, type="fast", data={}), 5
-                )
+                await asyncio.wait_for(pgpulse.publish(c, tenant_id=other, type="fast", data={}), 5)
             [got] = await events(ws, 1)
             assert got["type"] == "fast"
             await slow.rollback()

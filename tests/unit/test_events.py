@@ -10,12 +10,24 @@ from pgpulse.events import Event, control, parse_event
 
 
 def test_frame_shape_and_roundtrip() -> None:
-    e = Event(7, "acme", "notifications", "notification", '{"message": "hi"}',
-              datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), "u1")
+    e = Event(
+        7,
+        "acme",
+        "notifications",
+        "notification",
+        '{"message": "hi"}',
+        datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+        "u1",
+    )
     body = orjson.loads(e.frame)
     assert body == {
-        "id": 7, "tenant_id": "acme", "topic": "notifications", "type": "notification",
-        "data": {"message": "hi"}, "ts": "2026-01-02T03:04:05Z", "user_id": "u1",
+        "id": 7,
+        "tenant_id": "acme",
+        "topic": "notifications",
+        "type": "notification",
+        "data": {"message": "hi"},
+        "ts": "2026-01-02T03:04:05Z",
+        "user_id": "u1",
     }
     assert e.frame is e.frame  # built once
     back = parse_event(e.frame)
