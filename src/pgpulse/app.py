@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from psycopg import OperationalError
 from psycopg_pool import PoolTimeout
@@ -128,6 +129,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 embedded.stop()
 
     app = FastAPI(title="pgpulse", lifespan=lifespan)
+    if settings.allowed_origins:
+        # Browsers on other origins may call the HTTP API; tokens travel in the
+        # Authorization header, never in cookies, so credentials stay off.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.allowed_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+        )
     app.include_router(notifications.router)
     app.include_router(events.router)
     app.include_router(health.router)

@@ -76,6 +76,7 @@ class Settings(BaseSettings):
 
     topics_claim: str = "topics"
     allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Comma-separated origins allowed to call the HTTP API from a browser (CORS)."""
 
     @field_validator("allowed_origins", mode="before")
     @classmethod
@@ -88,7 +89,9 @@ class Settings(BaseSettings):
     @classmethod
     def _secret_not_weak(cls, value: str | None) -> str | None:
         if value is not None and len(value.encode()) < 32:
-            raise ValueError("PGPULSE_JWT_SECRET must be at least 32 bytes (HS256 wants a 256-bit key)")
+            raise ValueError(
+                "PGPULSE_JWT_SECRET must be at least 32 bytes (HS256 wants a 256-bit key)"
+            )
         return value
 
     @property

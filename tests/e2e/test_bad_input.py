@@ -107,3 +107,21 @@ def test_cli_bad_json_exits_nonzero_with_one_line(tmp_path: object) -> None:
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "JSON does not parse" in proc.stderr
+
+
+async def test_cors_only_for_configured_origins(database_url: str, tmp_path: object) -> None:
+    from pathlib import Path
+
+    from ..support import start_server
+
+    assert isinstance(tmp_path, Path)
+    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+    async with start_server(
+        database_url, tmp_path, allowed_origins=["https://app.example"]
+    ) as srv, srv.http() as http:
+        r = await http.options("/api/events", headers=preflight)
+        assert r.headers.get("access-control-allow-origin") == "https://app.example"
+        r = await http.options(
+            "/api/events", headers={**preflight, "Origin": "https://evil.example"}
+        )
+        assert "access-control-allow-origin" not in r.headers
