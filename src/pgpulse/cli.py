@@ -9,14 +9,16 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import orjson
+import psycopg
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 from . import db
 from .auth import Verifier
@@ -42,7 +44,8 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    # escape: names in messages (tables, tenants) may hold "[...]", which is not markup
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -77,6 +80,20 @@ def database(settings: Settings) -> Iterator[str]:
         yield url
     finally:
         embedded.stop()
+
+
+def on_database(
+    settings: Settings, work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]
+) -> T:
+    """Run ``work`` on one connection to the configured (or embedded) database."""
+
+    async def go(url: str) -> T:
+        conn = await db.connect(url)
+        async with conn:
+            return await work(conn)
+
+    with database(settings) as url:
+        return run(go(url))
 
 
 def parse_ttl(value: str) -> float:
@@ -197,17 +214,12 @@ def publish_cmd(
         payload = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         fail(f"JSON does not parse: {exc}", 2)
-    settings = load_settings(data_dir=data_dir)
-
-    async def go(url: str) -> int:
-        conn = await db.connect(url)
-        async with conn:
-            return await publish(
-                conn, tenant_id=tenant, type=type_, data=payload, topic=topic, user_id=user
-            )
-
-    with database(settings) as url:
-        event_id = run(go(url))
+    event_id = on_database(
+        load_settings(data_dir=data_dir),
+        lambda conn: publish(
+            conn, tenant_id=tenant, type=type_, data=payload, topic=topic, user_id=user
+        ),
+    )
     print(orjson.dumps({"event_id": event_id}).decode())
 
 
@@ -235,7 +247,7 @@ def tail(
     topic_list = [t.strip() for t in topics.split(",") if t.strip()] if topics else None
 
     def show(control: dict[str, Any]) -> None:
-        err.print(f"[dim]{orjson.dumps(control).decode()}[/]", highlight=False)
+        err.print(f"[dim]{escape(orjson.dumps(control).decode())}[/]", highlight=False)
 
     async def go() -> None:
         client = Client(
@@ -259,15 +271,10 @@ def track(
     """Publish TABLE.insert/update/delete for every committed write to TABLE."""
     from .track import track as install
 
-    settings = load_settings(data_dir=data_dir)
-
-    async def go(url: str) -> str:
-        conn = await db.connect(url)
-        async with conn:
-            return await install(conn, table, tenant_column, topic)
-
-    with database(settings) as url:
-        name = run(go(url))
+    name = on_database(
+        load_settings(data_dir=data_dir),
+        lambda conn: install(conn, table, tenant_column, topic),
+    )
     print(f"tracking {name}")
 
 
@@ -279,15 +286,7 @@ def untrack(
     """Stop publishing TABLE's writes."""
     from .track import untrack as remove
 
-    settings = load_settings(data_dir=data_dir)
-
-    async def go(url: str) -> str:
-        conn = await db.connect(url)
-        async with conn:
-            return await remove(conn, table)
-
-    with database(settings) as url:
-        name = run(go(url))
+    name = on_database(load_settings(data_dir=data_dir), lambda conn: remove(conn, table))
     print(f"no longer tracking {name}")
 
 

@@ -77,7 +77,7 @@ async def test_zero_config_serve_token_publish(tmp_path: Path) -> None:
     assert code == 0, server.output()
     assert "token=***" in server.output() or "token=" not in server.output()
     # The server that started the embedded PostgreSQL stopped it.
-    assert not postmaster_running(data_dir / "postgres")
+    assert not postmaster_running(data_dir / "postgres"), server.output()
 
 
 def test_migrate_token_and_bad_arguments(database_url: str, tmp_path: Path) -> None:
