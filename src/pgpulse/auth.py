@@ -46,6 +46,8 @@ class Principal:
         if requested is None or not requested.strip():
             return self.topics
         wanted = frozenset(t.strip() for t in requested.split(",") if t.strip())
+        if not wanted:  # "topics=," names nothing: the default, not "no topic at all"
+            return self.topics
         if self.topics is not None and not wanted <= self.topics:
             denied = ", ".join(sorted(wanted - self.topics))
             raise ForbiddenTopic(f"token does not allow topic(s): {denied}")

@@ -3,8 +3,15 @@
 ``Client`` is an async iterator of :class:`~pgpulse.events.Event`. It
 reconnects with backoff after any drop (server restart 1012, slow consumer
 1013, network loss) and resumes from the last id it yielded, so the stream
-it gives has no gap and no duplicate. A refused token (1008) is not retried:
-it raises :class:`~pgpulse.errors.AuthError`.
+it gives has no gap and no duplicate. A refused token (1008, or HTTP 401/403)
+is not retried: it raises :class:`~pgpulse.errors.AuthError`; any other 4xx
+answer raises :class:`~pgpulse.errors.PgpulseError` (a wrong URL does not get
+better by retrying).
+
+The position it resumes from is the newest id the server said this
+connection was sent *or skipped* (the ``ready`` frame), not only the last
+event it yielded: a client filtered to a rare topic would otherwise resume
+from far back, and be told its history expired when it missed nothing.
 """
 
 from __future__ import annotations
@@ -18,14 +25,17 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import orjson
 import websockets
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from .errors import AuthError
+from .errors import AuthError, PgpulseError
 from .events import WS_1008_POLICY_VIOLATION, Event, parse_event
 
 log = logging.getLogger("pgpulse.client")
 
 MAX_BACKOFF = 5.0  # seconds
+MIN_BACKOFF = 0.1  # seconds
+OPEN_TIMEOUT = 10.0  # seconds for the WebSocket handshake
+RETRYABLE_4XX = frozenset({408, 429})
 
 
 class Client:
@@ -59,17 +69,25 @@ class Client:
         return urlunsplit((scheme, parts.netloc, path, urlencode(query), ""))
 
     async def __aiter__(self) -> AsyncIterator[Event]:
-        backoff = 0.1
+        backoff = MIN_BACKOFF
         while True:
             try:
-                async with websockets.connect(self.ws_url(), max_size=None, open_timeout=10) as ws:
+                async with websockets.connect(
+                    self.ws_url(), max_size=None, open_timeout=OPEN_TIMEOUT
+                ) as ws:
                     self.connects += 1
-                    backoff = 0.1
+                    backoff = MIN_BACKOFF
                     async for message in ws:
                         body = orjson.loads(message)
                         if "op" in body:
                             if body["op"] == "reset":
                                 self.last_event_id = None
+                            elif body["op"] == "ready" and isinstance(
+                                body.get("last_event_id"), int
+                            ):
+                                self.last_event_id = max(
+                                    self.last_event_id or 0, body["last_event_id"]
+                                )
                             if self.on_control is not None:
                                 self.on_control(body)
                             continue
@@ -85,9 +103,16 @@ class Client:
                     raise AuthError(f"refused: {exc.rcvd.reason}") from None
                 log.info("connection closed (%s); resuming after %s", exc, self.last_event_id)
             except InvalidStatus as exc:
-                if exc.response.status_code in (401, 403):
-                    raise AuthError(f"refused with HTTP {exc.response.status_code}") from None
-                log.info("server answered HTTP %s; retrying", exc.response.status_code)
+                status = exc.response.status_code
+                if status in (401, 403):
+                    raise AuthError(f"refused with HTTP {status}") from None
+                if 400 <= status < 500 and status not in RETRYABLE_4XX:
+                    raise PgpulseError(
+                        f"{self.url} answered HTTP {status} to a WebSocket at /ws"
+                    ) from None
+                log.info("server answered HTTP %s; retrying", status)
+            except InvalidHandshake as exc:  # e.g. a server going down mid-handshake
+                log.info("handshake failed (%s); retrying", exc)
             except (OSError, TimeoutError) as exc:
                 log.info("cannot connect (%s); retrying", exc)
             await asyncio.sleep(backoff * (0.5 + random.random()))

@@ -92,24 +92,26 @@ class Subscription:
         Returns ``[]`` after ``idle`` seconds without any (a heartbeat
         moment) or once closed; raises :class:`SlowConsumer` after an overflow.
         """
-        while not self.queue:
+        while True:
+            while not self.queue:
+                if self.overflowed:
+                    raise SlowConsumer
+                if self.closed:
+                    return []
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), idle)
+                except TimeoutError:
+                    return []
             if self.overflowed:
                 raise SlowConsumer
-            if self.closed:
-                return []
-            self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), idle)
-            except TimeoutError:
-                return []
-        if self.overflowed:
-            raise SlowConsumer
-        batch = [event for event in self.queue if event.id > self.position]
-        self.queue.clear()
-        self.queued_bytes = 0
-        if batch:
-            self.position = batch[-1].id
-        return batch
+            batch = [event for event in self.queue if event.id > self.position]
+            self.queue.clear()
+            self.queued_bytes = 0
+            # Only events a replay already sent: not a heartbeat moment, wait on.
+            if batch:
+                self.position = batch[-1].id
+                return batch
 
 
 class _Room:

@@ -5,18 +5,27 @@ tables; the trigger publishes in the writer's transaction, so a rolled-back
 write emits nothing. Names are resolved by PostgreSQL (``to_regclass``) and
 quoted as identifiers; the tenant column and topic reach the trigger as
 literal arguments, never as SQL.
+
+``TABLE`` is written as in SQL (``schema.table``; double quotes keep case and
+odd characters), while the tenant column is its exact name. A row whose
+tenant column is NULL or empty publishes nothing; a row that moves between
+tenants is a delete for the old tenant and an insert for the new one (see
+``sql/migrations/0003_track_move.sql``).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from .errors import TrackError
+from .events import MAX_NAME_LENGTH
 
 TRIGGER_NAME = "pgpulse_track"
+_PLAIN = re.compile(r"[a-z_][a-z0-9_]*")  # identifiers that need no quotes in messages
 
 
 async def _resolve(conn: psycopg.AsyncConnection[Any], table: str) -> tuple[str, str]:
@@ -33,7 +42,10 @@ async def _resolve(conn: psycopg.AsyncConnection[Any], table: str) -> tuple[str,
         ) from None
     row = await cur.fetchone()
     if row is None:
-        raise TrackError(f"table {table!r} does not exist")
+        hint = ""
+        if '"' not in table and table != table.lower():
+            hint = f" (unquoted names fold to lower case, as in SQL; quote it: '\"{table}\"')"
+        raise TrackError(f"table {table!r} does not exist{hint}")
     return str(row[0]), str(row[1])
 
 
@@ -41,41 +53,78 @@ async def track(
     conn: psycopg.AsyncConnection[Any], table: str, tenant_column: str, topic: str | None = None
 ) -> str:
     """Install (or replace) the trigger; returns the table's qualified name."""
+    if topic is not None and not (1 <= len(topic) <= MAX_NAME_LENGTH and "\x00" not in topic):
+        raise TrackError(
+            f"topic must be 1 to {MAX_NAME_LENGTH} characters without NUL, got {len(topic)}"
+        )
     schema, name = await _resolve(conn, table)
+    if schema == "pgpulse":
+        # Its own tables publish by inserting into pgpulse.events: a trigger there recurses.
+        raise TrackError(f"table {_shown(schema, name)} belongs to pgpulse and cannot be tracked")
     cur = await conn.execute(
-        "SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attname = %s"
-        " AND attnum > 0 AND NOT attisdropped",
-        [_qualified(schema, name), tenant_column],
+        "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s)"
+        " AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+        [_qualified(schema, name)],
     )
-    if await cur.fetchone() is None:
-        raise TrackError(f"table {schema}.{name} has no column {tenant_column!r}")
+    columns = [str(row[0]) for row in await cur.fetchall()]
+    if tenant_column not in columns:
+        raise TrackError(
+            f"table {_shown(schema, name)} has no column {tenant_column!r}"
+            f" (its columns: {', '.join(repr(c) for c in columns) or 'none'})"
+        )
     target = sql.Identifier(schema, name)
-    async with conn.transaction():
-        await conn.execute(
-            sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(TRIGGER_NAME), target)
-        )
-        await conn.execute(
-            sql.SQL(
-                "CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {}"
-                " FOR EACH ROW EXECUTE FUNCTION pgpulse.track_trigger({}, {})"
-            ).format(
-                sql.Identifier(TRIGGER_NAME),
-                target,
-                sql.Literal(tenant_column),
-                sql.Literal(topic or name),
+    try:
+        async with conn.transaction():
+            await conn.execute(
+                sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
+                    sql.Identifier(TRIGGER_NAME), target
+                )
             )
-        )
-    return f"{schema}.{name}"
+            await conn.execute(
+                sql.SQL(
+                    "CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {}"
+                    " FOR EACH ROW EXECUTE FUNCTION pgpulse.track_trigger({}, {})"
+                ).format(
+                    sql.Identifier(TRIGGER_NAME),
+                    target,
+                    sql.Literal(tenant_column),
+                    sql.Literal(topic if topic is not None else name),
+                )
+            )
+    except (psycopg.errors.UndefinedFunction, psycopg.errors.InvalidSchemaName):
+        raise TrackError(_NOT_MIGRATED) from None
+    except psycopg.errors.Error as exc:
+        raise TrackError(
+            f"cannot track {_shown(schema, name)}: {exc.diag.message_primary}"
+        ) from None
+    return _shown(schema, name)
 
 
 async def untrack(conn: psycopg.AsyncConnection[Any], table: str) -> str:
+    """Remove the trigger (nothing to do when there is none); returns the qualified name."""
     schema, name = await _resolve(conn, table)
-    await conn.execute(
-        sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
-            sql.Identifier(TRIGGER_NAME), sql.Identifier(schema, name)
+    try:
+        await conn.execute(
+            sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
+                sql.Identifier(TRIGGER_NAME), sql.Identifier(schema, name)
+            )
         )
+    except psycopg.errors.Error as exc:
+        raise TrackError(
+            f"cannot untrack {_shown(schema, name)}: {exc.diag.message_primary}"
+        ) from None
+    return _shown(schema, name)
+
+
+_NOT_MIGRATED = "pgpulse is not installed in this database: run `pgpulse migrate` first"
+
+
+def _shown(schema: str, name: str) -> str:
+    """The table's name for messages, quoted where SQL would need it."""
+    return ".".join(
+        part if _PLAIN.fullmatch(part) else '"' + part.replace('"', '""') + '"'
+        for part in (schema, name)
     )
-    return f"{schema}.{name}"
 
 
 def _qualified(schema: str, name: str) -> str:

@@ -49,8 +49,6 @@ async def publish_event(request: Request, runtime: RuntimeDep, principal: Princi
         event_in = EventIn.model_validate(body)
     except ValidationError as exc:
         raise HTTPException(422, _describe(exc)) from None
-    if "data" not in (body if isinstance(body, dict) else {}):
-        raise HTTPException(422, "data: field required")
     try:
         event = NewEvent.build(
             principal.tenant_id, event_in.type, event_in.data, event_in.topic, event_in.user_id

@@ -1,0 +1,97 @@
+"""``POST /api/events``: payloads whole up to the limit, 413 past it, precise 422s."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import orjson
+import psycopg
+import websockets
+
+from ..support import TIMEOUT, ServerHandle, events, mint, no_more_events, start_server, until_ready
+
+MiB = 1024 * 1024
+
+
+async def stored(url: str, tenant: str) -> int:
+    async with await psycopg.AsyncConnection.connect(url) as c:
+        cur = await c.execute("SELECT count(*) FROM pgpulse.events WHERE tenant_id = %s", [tenant])
+        row = await cur.fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+async def test_payload_just_under_the_default_limit_arrives_whole(
+    server: ServerHandle, tenant: str
+) -> None:
+    auth = {"Authorization": f"Bearer {mint(tenant, scopes=['publish'])}"}
+    blob = "é" * 200_000 + "x" * (MiB - 200_000 * 2 - 1000)  # about 1 MiB - 1000 bytes of UTF-8
+    body = orjson.dumps({"type": "big", "data": {"blob": blob}})
+    assert MiB - 1100 < len(body) <= MiB
+    url = f"{server.ws_url}/ws?token={mint(tenant)}"
+    async with websockets.connect(url, max_size=None, open_timeout=TIMEOUT) as ws:
+        await until_ready(ws)
+        async with server.http() as http:
+            r = await http.post("/api/events", content=body, headers=auth)
+            assert r.status_code == 201, r.text
+            too_big = orjson.dumps({"type": "big", "data": {"blob": blob + "y" * 2000}})
+            r = await http.post("/api/events", content=too_big, headers=auth)
+            assert r.status_code == 413
+            assert f"limit is {MiB} bytes" in r.json()["detail"]
+
+            async def chunks() -> AsyncIterator[bytes]:  # no Content-Length to trust
+                for i in range(0, len(too_big), 64 * 1024):
+                    yield too_big[i : i + 64 * 1024]
+
+            r = await http.post("/api/events", content=chunks(), headers=auth)
+            assert r.status_code == 413 and str(MiB) in r.json()["detail"]
+        [got] = await events(ws, 1)
+        assert got["data"]["blob"] == blob
+        await no_more_events(ws, 0.2)
+    assert await stored(server.runtime.database_url, tenant) == 1
+
+
+async def test_the_limit_is_configurable(database_url: str, tmp_path: Path, tenant: str) -> None:
+    auth = {"Authorization": f"Bearer {mint(tenant, scopes=['publish'])}"}
+    async with (
+        start_server(database_url, tmp_path, max_payload_bytes=4096) as srv,
+        srv.http() as http,
+    ):
+        r = await http.post("/api/events", json={"type": "t", "data": "x" * 4000}, headers=auth)
+        assert r.status_code == 201, r.text
+        r = await http.post("/api/events", json={"type": "t", "data": "x" * 4100}, headers=auth)
+        assert r.status_code == 413 and "4096" in r.json()["detail"]
+
+
+async def test_bad_shapes_get_422_naming_the_field(server: ServerHandle, tenant: str) -> None:
+    auth = {"Authorization": f"Bearer {mint(tenant, scopes=['publish'])}"}
+    cases: list[tuple[object, str]] = [
+        ({"data": {}}, "type: Field required"),
+        ({"type": 5, "data": {}}, "type: Input should be a valid string"),
+        ({"type": "", "data": {}}, "type: String should have at least 1 character"),
+        ({"type": "t" * 201, "data": {}}, "type: String should have at most 200 characters"),
+        ({"type": "t", "data": {}, "topic": None}, "topic: Input should be a valid string"),
+        ({"type": "t", "data": {}, "user_id": ""}, "user_id: String should have at least 1"),
+        ({"type": "t", "data": {}, "tenant_id": "other"}, "tenant_id: Extra inputs"),
+        ({"type": "t"}, "data: Field required"),
+        ([{"type": "t", "data": {}}], "body: Input should be a valid dictionary"),
+        ("just a string", "body: Input should be a valid dictionary"),
+        ({"type": "a\u0000b", "data": {}}, "type must not contain NUL"),
+        ({"type": "t", "data": {"k": "a\u0000b"}}, "data must not contain NUL"),
+        ({"type": "t", "data": {}, "topic": "x\u0000"}, "topic must not contain NUL"),
+    ]
+    async with server.http() as http:
+        for body, expected in cases:
+            r = await http.post("/api/events", json=body, headers=auth)
+            assert r.status_code == 422, (body, r.text)
+            assert expected in r.json()["detail"], (body, r.json())
+        # Several problems are all named at once.
+        r = await http.post("/api/events", json={"type": 1, "data": {}, "x": 1}, headers=auth)
+        assert r.status_code == 422
+        assert "type: " in r.json()["detail"] and "x: Extra inputs" in r.json()["detail"]
+        r = await http.post("/api/events", content=b"", headers=auth)
+        assert r.status_code == 422 and "not valid JSON" in r.json()["detail"]
+        r = await http.post("/api/events", content=b'{"type": "t", "data": }', headers=auth)
+        assert r.status_code == 422 and "not valid JSON" in r.json()["detail"]
+    assert await stored(server.runtime.database_url, tenant) == 0
