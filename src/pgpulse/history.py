@@ -8,10 +8,15 @@ events after ``N`` were pruned: the client gets a reset.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import psycopg
+from psycopg_pool import PoolTimeout
+
+from .errors import DatabaseUnavailable
 from .listener import row_to_event
 from .sql import QUERIES
 
@@ -32,6 +37,15 @@ class Start:
     reset: str | None = None
 
 
+@contextlib.contextmanager
+def _database_errors() -> Iterator[None]:
+    """Driver errors become :class:`DatabaseUnavailable`, which transports answer with 1013."""
+    try:
+        yield
+    except (psycopg.OperationalError, PoolTimeout) as exc:
+        raise DatabaseUnavailable(f"database unavailable: {exc}") from None
+
+
 class History:
     def __init__(self, pool: AsyncConnectionPool) -> None:
         self._pool = pool
@@ -39,9 +53,12 @@ class History:
     async def start(self, tenant_id: str, resume_from: int | None) -> Start:
         """Decide where a connection starts; ``resume_from=None`` means "from now"."""
         after = 0 if resume_from is None else resume_from
-        async with self._pool.connection() as conn:
-            cur = await conn.execute(QUERIES["position"], {"tenant_id": tenant_id, "after": after})
-            row = await cur.fetchone()
+        with _database_errors():
+            async with self._pool.connection() as conn:
+                cur = await conn.execute(
+                    QUERIES["position"], {"tenant_id": tenant_id, "after": after}
+                )
+                row = await cur.fetchone()
         assert row is not None
         head, first_after = int(row[0]), row[1]
         if resume_from is None:
@@ -63,21 +80,32 @@ class History:
     ) -> AsyncIterator[Event]:
         """The retained events in ``(after, until]`` this connection may see, in id order."""
         while after < until:
-            async with self._pool.connection() as conn:
-                cur = await conn.execute(
-                    QUERIES["replay"],
-                    {
-                        "tenant_id": tenant_id,
-                        "after": after,
-                        "until": until,
-                        "topics": sorted(topics) if topics is not None else None,
-                        "user_id": user_id,
-                        "limit": REPLAY_PAGE,
-                    },
-                )
-                rows = await cur.fetchall()
+            with _database_errors():
+                rows = await self._page(tenant_id, after, until, topics, user_id)
             for row in rows:
                 yield row_to_event(row)
             if len(rows) < REPLAY_PAGE:
                 return
             after = int(rows[-1][1])
+
+    async def _page(
+        self,
+        tenant_id: str,
+        after: int,
+        until: int,
+        topics: frozenset[str] | None,
+        user_id: str | None,
+    ) -> list[tuple[Any, ...]]:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                QUERIES["replay"],
+                {
+                    "tenant_id": tenant_id,
+                    "after": after,
+                    "until": until,
+                    "topics": sorted(topics) if topics is not None else None,
+                    "user_id": user_id,
+                    "limit": REPLAY_PAGE,
+                },
+            )
+            return await cur.fetchall()

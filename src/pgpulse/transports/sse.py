@@ -16,7 +16,7 @@ from fastapi import HTTPException, Request
 from fastapi.responses import StreamingResponse
 
 from ..api.deps import authenticate, get_runtime
-from ..errors import AuthError, ForbiddenTopic
+from ..errors import AuthError, DatabaseUnavailable, ForbiddenTopic
 from ..events import Event
 from ..hub import SlowConsumer, Subscription
 from ..runtime import Runtime
@@ -75,6 +75,8 @@ async def _body(
                     yield f"event: control\ndata: {item}\n\n".encode()
     except SlowConsumer:
         runtime.metrics.slow_consumers.inc()  # ending the response makes EventSource resume
+    except DatabaseUnavailable:
+        pass  # likewise: EventSource comes back after `retry` and resumes
     finally:
         gauge.dec()
         runtime.hub.leave(subscription)

@@ -16,7 +16,7 @@ import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from ..api.deps import authenticate, get_runtime
-from ..errors import AuthError
+from ..errors import AuthError, DatabaseUnavailable
 from ..events import (
     WS_1008_POLICY_VIOLATION,
     WS_1013_TRY_AGAIN_LATER,
@@ -72,6 +72,8 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     except SlowConsumer:
         runtime.metrics.slow_consumers.inc()
         await _close(websocket, WS_1013_TRY_AGAIN_LATER, "slow consumer: resume from your last id")
+    except DatabaseUnavailable:
+        await _close(websocket, WS_1013_TRY_AGAIN_LATER, "database unavailable: resume shortly")
     except (WebSocketDisconnect, RuntimeError, OSError):
         pass  # the peer went away mid-send
     finally:

@@ -1,0 +1,45 @@
+"""While PostgreSQL is down: clear answers, nothing hangs, and all comes back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from ..support import mint, recv, start_server, until_ready
+from .conftest import PrivatePostgres
+
+
+async def test_requests_during_an_outage_get_retryable_answers(
+    private_pg: PrivatePostgres, private_database: str, tmp_path: Path, tenant: str
+) -> None:
+    token = mint(tenant, scopes=["publish"])
+    async with start_server(private_database, tmp_path) as srv, srv.http() as http:
+        private_pg.stop()
+        try:
+            r = await http.post(
+                "/api/events",
+                json={"type": "x", "data": {}},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            assert r.status_code == 503 and r.headers["retry-after"] == "1"
+            assert "database unavailable" in r.json()["detail"]
+            assert (await http.get("/readyz")).status_code == 503
+            async with srv.connect(token) as ws:
+                with pytest.raises(ConnectionClosed) as info:
+                    await recv(ws, 15)
+            assert info.value.rcvd is not None and info.value.rcvd.code == 1013
+            assert "database unavailable" in info.value.rcvd.reason
+        finally:
+            private_pg.start()
+        async with srv.connect(token) as ws:
+            await until_ready(ws)
+            r = await http.post(
+                "/api/events",
+                json={"type": "back", "data": {}},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            assert r.status_code == 201, r.text
+            frame = await recv(ws)
+            assert frame["type"] == "back"
