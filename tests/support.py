@@ -100,13 +100,16 @@ async def start_server(
     database_url: str, data_dir: Path, bind_port: int | None = None, **overrides: Any
 ) -> AsyncIterator[ServerHandle]:
     """A server in this event loop; ``bind_port`` reuses a port (to restart "the same" server)."""
-    app = create_app(settings_for(database_url, data_dir, **overrides))
+    settings = settings_for(database_url, data_dir, **overrides)
+    app = create_app(settings)
     sock = free_socket() if bind_port is None else bound_socket(bind_port)
     config = uvicorn.Config(
         app,
         loop="asyncio",
         ws="websockets-sansio",
         ws_max_size=64 * 1024,
+        ws_ping_interval=settings.ws_ping_interval,  # as `pgpulse serve` does
+        ws_ping_timeout=settings.ws_ping_timeout,
         log_level="warning",
         lifespan="on",
         timeout_graceful_shutdown=2,
