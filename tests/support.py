@@ -110,6 +110,7 @@ async def start_server(
         ws_max_size=64 * 1024,
         ws_ping_interval=settings.ws_ping_interval,  # as `pgpulse serve` does
         ws_ping_timeout=settings.ws_ping_timeout,
+        ws_per_message_deflate=settings.ws_compression,
         log_level="warning",
         lifespan="on",
         timeout_graceful_shutdown=2,

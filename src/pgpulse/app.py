@@ -13,7 +13,11 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable
+from types import FrameType
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -68,6 +72,31 @@ def _redact_server_logs() -> None:
             logger.addFilter(RedactTokens())
 
 
+def _end_streams_on_signal(hub: Hub) -> None:
+    """Make the server's exit signal end every stream at once.
+
+    On SIGTERM uvicorn closes WebSockets with 1012 itself, but it waits for
+    open HTTP responses, and an SSE stream never ends on its own: shutdown
+    would stall for the whole graceful timeout. uvicorn has no hook for that
+    moment, so the handler it installed is wrapped here (it restores its
+    predecessor, dropping this wrapper, when it exits).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.getsignal(sig)
+        if not callable(previous):
+            continue
+
+        def handler(
+            signum: int, frame: FrameType | None, previous: Callable[..., Any] = previous
+        ) -> None:
+            hub.close_all()
+            previous(signum, frame)
+
+        signal.signal(sig, handler)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     _redact_server_logs()
@@ -94,6 +123,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             on_events=metrics.events_delivered.inc,
         )
         hub.on_new_room = listener.kick
+        _end_streams_on_signal(hub)
         history = History(pool)
         app.state.runtime = Runtime(
             settings=settings,

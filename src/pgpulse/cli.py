@@ -162,6 +162,7 @@ def serve(
             ws_max_size=64 * 1024,
             ws_ping_interval=settings.ws_ping_interval,
             ws_ping_timeout=settings.ws_ping_timeout,
+            ws_per_message_deflate=settings.ws_compression,
             timeout_graceful_shutdown=int(settings.shutdown_timeout),
             log_level=log_level.lower(),
             lifespan="on",

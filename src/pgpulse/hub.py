@@ -40,6 +40,7 @@ class Subscription:
         "position",
         "queue",
         "queued_bytes",
+        "restarting",
         "tenant_id",
         "topics",
         "user_id",
@@ -63,6 +64,7 @@ class Subscription:
         self.queued_bytes = 0
         self.overflowed = False
         self.closed = False
+        self.restarting = False
         self._wake = asyncio.Event()
 
     def wants(self, event: Event) -> bool:
@@ -82,7 +84,9 @@ class Subscription:
             self.queued_bytes = 0
         self._wake.set()
 
-    def close(self) -> None:
+    def close(self, restarting: bool = False) -> None:
+        """End the stream; ``restarting`` means the server is going away (1012)."""
+        self.restarting = self.restarting or restarting
         self.closed = True
         self._wake.set()
 
@@ -184,6 +188,7 @@ class Hub:
         return queued
 
     def close_all(self) -> None:
+        """End every stream because the server is going away (clients reconnect elsewhere)."""
         for room in self._rooms.values():
             for subscription in room.subscriptions:
-                subscription.close()
+                subscription.close(restarting=True)

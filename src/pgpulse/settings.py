@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     """Outbound bytes a connection may have queued before it is closed with 1013."""
     ws_ping_interval: float = Field(default=20.0, gt=0)  # seconds
     ws_ping_timeout: float = Field(default=20.0, gt=0)  # seconds
+    ws_compression: bool = False
+    """Per-message deflate. Off: it compresses every frame once per connection,
+    which costs far more CPU than a broadcast's one serialisation."""
     sse_heartbeat: float = Field(default=15.0, gt=0)  # seconds
     client_frames_per_second: float = Field(default=50.0, gt=0)
     """Sustained rate of client frames tolerated before a connection is closed (1008)."""

@@ -19,6 +19,7 @@ from ..support import SECRET, TIMEOUT, ServerProcess, free_port, mint, until_rea
 
 EXIT_WITHIN = 10.0  # seconds from SIGTERM to the process's exit
 CLOSE_WITHIN = 2.0  # seconds from SIGTERM to a WebSocket's 1012
+STREAMS_END_WITHIN = 4.0  # seconds: less than the default shutdown timeout of 5 s
 
 
 @pytest.mark.slow
@@ -64,6 +65,8 @@ async def test_sigterm_closes_sockets_with_1012_and_exits(
                 await sse.aclose()
         assert exit_code == 0, server.output()
         assert took <= EXIT_WITHIN, f"exit took {took:.1f} s"
+        # Streams end at the signal, not after the graceful timeout (5 s) runs out.
+        assert took < STREAMS_END_WITHIN, f"exit took {took:.1f} s: a stream held shutdown"
     finally:
         with contextlib.suppress(subprocess.TimeoutExpired):  # it is killed then
             server.stop(timeout=TIMEOUT)

@@ -19,6 +19,7 @@ from ..api.deps import authenticate, get_runtime
 from ..errors import AuthError, DatabaseUnavailable
 from ..events import (
     WS_1008_POLICY_VIOLATION,
+    WS_1012_SERVICE_RESTART,
     WS_1013_TRY_AGAIN_LATER,
     Event,
     control,
@@ -69,6 +70,8 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
                 text = item.frame if isinstance(item, Event) else item
                 async with lock:
                     await websocket.send_text(text)
+        if subscription.restarting:
+            await _close(websocket, WS_1012_SERVICE_RESTART, "server restarting")
     except SlowConsumer:
         runtime.metrics.slow_consumers.inc()
         await _close(websocket, WS_1013_TRY_AGAIN_LATER, "slow consumer: resume from your last id")
