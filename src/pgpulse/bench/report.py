@@ -1,0 +1,163 @@
+"""The readable table and the targets of issue 6, from a run's JSON results."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+Result = dict[str, Any]
+
+
+def _get(result: Result | None, *path: str | int) -> Any:
+    value: Any = result
+    for key in path:
+        if value is None:
+            return None
+        try:
+            value = value[key]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return value
+
+
+@dataclass(frozen=True)
+class Row:
+    scenario: str
+    label: str
+    path: tuple[str | int, ...]
+    target: str = ""
+    check: Callable[[Any, Any], bool | None] | None = None
+    """(pgpulse value, baseline value) → met, or None when it cannot be judged."""
+
+
+def _ratio_at_most(limit: float) -> Callable[[Any, Any], bool | None]:
+    def check(ours: Any, theirs: Any) -> bool | None:
+        if ours is None or not theirs:
+            return None
+        return bool(ours / theirs <= limit)
+
+    return check
+
+
+def _zero(ours: Any, _theirs: Any) -> bool | None:
+    return None if ours is None else ours == 0
+
+
+def _s2(ours: Any, theirs: Any) -> bool | None:
+    if ours is None:
+        return None
+    if ours < 100:
+        return False
+    if not theirs:
+        return None if theirs is None else True
+    return bool(ours / theirs >= 20)
+
+
+def _s3(ours: Any, theirs: Any) -> bool | None:
+    if ours is None or not theirs:
+        return None
+    return bool(ours / theirs >= 5)
+
+
+def _within_1s(ours: Any, _theirs: Any) -> bool | None:
+    return None if ours is None else ours <= 1.0
+
+
+ROWS = [
+    Row("s1", "p50 latency ms", ("delivery", "latency", "p50_ms")),
+    Row("s1", "p90 latency ms", ("delivery", "latency", "p90_ms")),
+    Row(
+        "s1",
+        "p99 latency ms",
+        ("delivery", "latency", "p99_ms"),
+        "≤ 1/50 of baseline",
+        _ratio_at_most(1 / 50),
+    ),
+    Row("s1", "max latency ms", ("delivery", "latency", "max_ms")),
+    Row("s1", "publishes/s", ("publish", "per_second")),
+    Row("s1", "deliveries", ("delivery", "received")),
+    Row("s1", "lost", ("delivery", "lost"), "0", _zero),
+    Row("s1", "duplicates", ("delivery", "duplicates")),
+    Row("s1", "ids out of order", ("delivery", "out_of_order"), "0", _zero),
+    Row("s1", "server CPU s", ("usage", "server_cpu_s")),
+    Row("s1", "PostgreSQL CPU s", ("usage", "postgres_cpu_s")),
+    Row("s1", "load generator CPU s", ("usage", "loadgen_cpu_s")),
+    Row("s1", "server RSS MB", ("usage", "server_rss_mb")),
+    Row("s2", "highest step held /s", ("highest_step_held",), "≥ 100 and ≥ 20x baseline", _s2),
+    Row("s3", "accepted publishes/s", ("publish", "per_second"), "≥ 5x baseline", _s3),
+    Row("s3", "deliveries/s", ("deliveries_per_s",)),
+    Row("s3", "lost after drain", ("delivery", "lost"), "0", _zero),
+    Row("s3", "server CPU s", ("usage", "server_cpu_s")),
+    Row("s3", "PostgreSQL CPU s", ("usage", "postgres_cpu_s")),
+    Row("s4", "lost", ("delivery", "lost"), "0", _zero),
+    Row("s4", "duplicates", ("delivery", "duplicates"), "0", _zero),
+    Row("s4", "recovery s", ("recovery_s",), "≤ 1 s", _within_1s),
+    Row("s4", "client reconnects", ("delivery", "reconnects")),
+    Row("s5", "sockets opened", ("opened",)),
+    Row("s5", "time to open s", ("open_s",)),
+    Row("s5", "RSS per socket KiB", ("rss_per_conn_kib",), "≤ 0.5x baseline", _ratio_at_most(0.5)),
+    Row("s5", "server RSS MB", ("rss_after_mb",)),
+    Row("s5", "lost (liveness check)", ("check_delivery", "lost")),
+]
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:,.3f}" if abs(value) < 10 else f"{value:,.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _ratio(ours: Any, theirs: Any) -> str:
+    if not isinstance(ours, int | float) or not isinstance(theirs, int | float) or not theirs:
+        return "—"
+    r = ours / theirs
+    return f"{r:.3g}x"
+
+
+def comparison(results: dict[str, dict[str, Result]]) -> list[dict[str, Any]]:
+    """One entry per row: both values, the ratio pgpulse ÷ baseline, the target and whether met."""
+    ours, theirs = results.get("pgpulse", {}), results.get("baseline")
+    rows = []
+    for row in ROWS:
+        if row.scenario not in ours:
+            continue
+        a = _get(ours[row.scenario], *row.path)
+        b = _get(theirs.get(row.scenario), *row.path) if theirs else None
+        met = row.check(a, b) if row.check else None
+        rows.append({
+            "scenario": row.scenario, "metric": row.label, "pgpulse": a, "baseline": b,
+            "ratio": None if _ratio(a, b) == "—" else round(a / b, 4),
+            "target": row.target, "met": met,
+        })  # fmt: skip
+    return rows
+
+
+def table(rows: list[dict[str, Any]], with_baseline: bool) -> str:
+    head = ["scenario", "metric", "pgpulse"]
+    if with_baseline:
+        head += ["baseline", "pgpulse÷baseline"]
+    head += ["target", "met"]
+    lines = [head]
+    for r in rows:
+        line = [r["scenario"].upper(), r["metric"], _fmt(r["pgpulse"])]
+        if with_baseline:
+            line += [_fmt(r["baseline"]), _ratio(r["pgpulse"], r["baseline"])]
+        met = {True: "yes", False: "NO", None: ""}[r["met"]] if r["target"] else ""
+        if r["target"] and r["met"] is None:
+            met = "n/a"
+        line += [r["target"], met]
+        lines.append(line)
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    out = []
+    for n, line in enumerate(lines):
+        cells = [c.ljust(w) if i < 2 or i >= len(head) - 2 else c.rjust(w)
+                 for i, (c, w) in enumerate(zip(line, widths, strict=True))]  # fmt: skip
+        out.append("  ".join(cells).rstrip())
+        if n == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)

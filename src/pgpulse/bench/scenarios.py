@@ -1,0 +1,301 @@
+"""The five scenarios (S1-S5). Each starts a fresh server, measures, and stops it.
+
+Sizes come from :class:`Sizes` (flags of ``pgpulse bench``). Every wait is
+bounded: publishing by its count and each request's timeout, draining by
+``drain`` seconds (and by ``QUIET`` seconds without a new frame), opening
+sockets by the receivers' handshake timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from .database import Cluster
+from .publishers import Publisher, PublishStats
+from .receivers import ReceiverPool
+from .servers import HOST, Server, Target
+from .usage import Meter, tree_cpu, tree_rss
+
+QUIET = 3.0  # seconds without a new frame that end a drain early
+SETTLE = 0.5  # seconds after opening sockets, before publishing
+
+
+@dataclass
+class Sizes:
+    s1_tenants: int = 100
+    s1_sockets: int = 10
+    s1_rate: float = 500.0
+    s1_seconds: float = 15.0
+    s2_sockets: int = 2000
+    s2_steps: tuple[float, ...] = (5, 20, 50, 100, 200)
+    s2_seconds: float = 10.0
+    s2_max_p99_ms: float = 2000.0
+    s3_publishers: int = 64
+    s3_seconds: float = 10.0
+    s3_tenants: int = 10
+    s3_sockets: int = 5
+    s4_rate: float = 200.0
+    s4_seconds: float = 10.0
+    s4_tenants: int = 10
+    s4_sockets: int = 5
+    s5_conns: int = 5000
+    s5_tenants: int = 500
+    pad: int = 64
+    drain: float = 10.0
+
+    @classmethod
+    def quick(cls) -> Sizes:
+        return cls(
+            s1_tenants=20, s1_sockets=5, s1_rate=200, s1_seconds=4,
+            s2_sockets=200, s2_steps=(5, 20, 50), s2_seconds=2,
+            s3_publishers=16, s3_seconds=3,
+            s4_rate=100, s4_seconds=4,
+            s5_conns=500, s5_tenants=50, drain=5,
+        )  # fmt: skip
+
+
+@dataclass
+class Context:
+    target: Target
+    cluster: Cluster
+    port: int
+    receiver_processes: int
+    sizes: Sizes
+
+
+@dataclass
+class Run:
+    server: Server
+    receivers: ReceiverPool
+    meter: Meter
+    publisher: Publisher
+
+
+@contextlib.asynccontextmanager
+async def running(ctx: Context) -> AsyncIterator[Run]:
+    server = ctx.target.start(ctx.port)
+    receivers: ReceiverPool | None = None
+    publisher: Publisher | None = None
+    try:
+        receivers = ReceiverPool(ctx.receiver_processes)
+        pool = receivers
+        meter = Meter(
+            server=lambda: tree_cpu([server.pid]),
+            postgres=ctx.cluster.cpu_seconds,
+            loadgen=lambda: tree_cpu([os.getpid(), *pool.pids]),
+        )
+        publisher = Publisher(HOST, ctx.port, ctx.target.publish_request, pad=ctx.sizes.pad)
+        yield Run(server, receivers, meter, publisher)
+    finally:
+        if publisher is not None:
+            publisher.close()
+        if receivers is not None:
+            await receivers.close()
+        server.stop()
+
+
+def _specs(
+    target: Target, tenants: list[str], per: int, resume: bool = False
+) -> list[tuple[str, str, bool]]:
+    return [(target.ws_target(t), t, resume) for t in tenants for _ in range(per)]
+
+
+async def _open(ctx: Context, run: Run, specs: list[tuple[str, str, bool]]) -> dict[str, Any]:
+    opened = await run.receivers.open(HOST, ctx.port, specs, ctx.target.wait_ready)
+    if opened["failed"]:
+        raise RuntimeError(f"{opened['failed']} of {len(specs)} sockets did not open")
+    await asyncio.sleep(SETTLE)
+    return opened
+
+
+async def _drain(run: Run, expected: int, limit: float) -> float:
+    """Wait until ``expected`` frames arrived, nothing new came for QUIET s, or ``limit`` s."""
+    start = time.monotonic()
+    last, last_change = -1, start
+    while True:
+        frames = await run.receivers.frames()
+        now = time.monotonic()
+        if frames >= expected or now - start > limit:
+            return now - start
+        if frames != last:
+            last, last_change = frames, now
+        elif now - last_change > QUIET:
+            return now - start
+        await asyncio.sleep(0.1)
+
+
+def _expected_frames(stats: PublishStats, per_tenant: int) -> int:
+    return sum(len(seqs) for seqs in stats.accepted_by_tenant.values()) * per_tenant
+
+
+async def _deliver(
+    ctx: Context,
+    run: Run,
+    stats: PublishStats,
+    per_tenant: int,
+    window: tuple[int, int] | None = None,
+) -> dict[str, Any]:
+    drain = await _drain(run, _expected_frames(stats, per_tenant), ctx.sizes.drain)
+    got = await run.receivers.collect(stats.accepted_by_tenant, window)
+    got["drain_s"] = round(drain, 2)
+    got["expected"] = _expected_frames(stats, per_tenant)
+    return got
+
+
+async def s1_many_tenants(ctx: Context) -> dict[str, Any]:
+    z = ctx.sizes
+    tenants = [f"s1-t{i}" for i in range(z.s1_tenants)]
+    async with running(ctx) as run:
+        await _open(ctx, run, _specs(ctx.target, tenants, z.s1_sockets))
+        run.meter.start()
+        stats = await run.publisher.open_loop(tenants, z.s1_rate, z.s1_seconds)
+        got = await _deliver(ctx, run, stats, z.s1_sockets)
+        usage = run.meter.stop()
+        rss = tree_rss(run.server.pid)
+    return {
+        "sizes": {"tenants": z.s1_tenants, "sockets_per_tenant": z.s1_sockets,
+                  "rate": z.s1_rate, "seconds": z.s1_seconds},
+        "publish": stats.as_dict(),
+        "delivery": got,
+        "usage": {**usage, "server_rss_mb": round(rss / 2**20, 1)},
+    }  # fmt: skip
+
+
+async def s2_broadcast(ctx: Context) -> dict[str, Any]:
+    z = ctx.sizes
+    tenants = ["s2-broadcast"]
+    steps: list[dict[str, Any]] = []
+    held: float = 0
+    async with running(ctx) as run:
+        opened = await _open(ctx, run, _specs(ctx.target, tenants, z.s2_sockets))
+        for rate in z.s2_steps:
+            await run.receivers.ask_all("reset")
+            run.publisher.reset()
+            run.meter.start()
+            stats = await run.publisher.open_loop(tenants, rate, z.s2_seconds)
+            got = await _deliver(ctx, run, stats, z.s2_sockets)
+            usage = run.meter.stop()
+            p99 = got["latency"]["p99_ms"]
+            ok = (
+                got["lost"] == 0
+                and stats.failed == 0
+                and p99 is not None
+                and p99 <= z.s2_max_p99_ms
+            )
+            steps.append({"rate": rate, "held": ok, "publish": stats.as_dict(),
+                          "delivery": got, "usage": usage})  # fmt: skip
+            if not ok:
+                break
+            held = rate
+        rss = tree_rss(run.server.pid)
+    return {
+        "sizes": {"sockets": z.s2_sockets, "steps": list(z.s2_steps), "seconds": z.s2_seconds},
+        "open_s": round(opened["seconds"], 2),
+        "highest_step_held": held,
+        "steps": steps,
+        "usage": {"server_rss_mb": round(rss / 2**20, 1)},
+    }
+
+
+async def s3_throughput(ctx: Context) -> dict[str, Any]:
+    z = ctx.sizes
+    tenants = [f"s3-t{i}" for i in range(z.s3_tenants)]
+    async with running(ctx) as run:
+        await _open(ctx, run, _specs(ctx.target, tenants, z.s3_sockets))
+        run.meter.start()
+        start = time.monotonic()
+        stats = await run.publisher.closed_loop(tenants, z.s3_publishers, z.s3_seconds)
+        got = await _deliver(ctx, run, stats, z.s3_sockets)
+        elapsed = time.monotonic() - start
+        usage = run.meter.stop()
+        rss = tree_rss(run.server.pid)
+    return {
+        "sizes": {"publishers": z.s3_publishers, "seconds": z.s3_seconds,
+                  "tenants": z.s3_tenants, "sockets_per_tenant": z.s3_sockets},
+        "publish": stats.as_dict(),
+        "delivery": got,
+        "deliveries_per_s": round(got["received"] / elapsed, 1),
+        "usage": {**usage, "server_rss_mb": round(rss / 2**20, 1)},
+    }  # fmt: skip
+
+
+async def s4_fault(ctx: Context) -> dict[str, Any]:
+    z = ctx.sizes
+    tenants = [f"s4-t{i}" for i in range(z.s4_tenants)]
+    killed: list[tuple[int, int]] = []
+
+    async def kill_listener() -> None:
+        await asyncio.sleep(z.s4_seconds * 0.4)
+        at = time.time_ns()
+        n = await asyncio.to_thread(
+            ctx.cluster.terminate, ctx.target.dbname, ctx.target.listener_app_name
+        )
+        killed.append((at, n))
+
+    async with running(ctx) as run:
+        await _open(ctx, run, _specs(ctx.target, tenants, z.s4_sockets, resume=True))
+        run.meter.start()
+        killer = asyncio.create_task(kill_listener())
+        stats = await run.publisher.open_loop(tenants, z.s4_rate, z.s4_seconds)
+        await killer
+        at, terminated = killed[0]
+        # Recovery: the worst delay of any event published from 1 s before the
+        # kill to 1 s after it, which is how long the outage held events back.
+        window = (at - 1_000_000_000, at + 1_000_000_000)
+        got = await _deliver(ctx, run, stats, z.s4_sockets, window)
+        usage = run.meter.stop()
+    recovered = got["lost"] == 0 and got["window_max_ms"] is not None
+    return {
+        "sizes": {"rate": z.s4_rate, "seconds": z.s4_seconds,
+                  "tenants": z.s4_tenants, "sockets_per_tenant": z.s4_sockets},
+        "terminated_backends": terminated,
+        "publish": stats.as_dict(),
+        "delivery": got,
+        "recovery_s": round(got["window_max_ms"] / 1000.0, 3) if recovered else None,
+        "usage": usage,
+    }  # fmt: skip
+
+
+async def s5_idle(ctx: Context) -> dict[str, Any]:
+    z = ctx.sizes
+    tenants = [f"s5-t{i}" for i in range(z.s5_tenants)]
+    per = max(1, z.s5_conns // z.s5_tenants)
+    specs = _specs(ctx.target, tenants, per)
+    async with running(ctx) as run:
+        await asyncio.sleep(1.0)
+        before = tree_rss(run.server.pid)
+        opened = await run.receivers.open(HOST, ctx.port, specs, ctx.target.wait_ready, 60.0)
+        await asyncio.sleep(2.0)
+        after = tree_rss(run.server.pid)
+        # Prove the sockets are live: one event to every tenant must reach all.
+        run.meter.start()
+        stats = await run.publisher.open_loop(tenants, max(50.0, len(tenants) / 2.0), 2.0)
+        got = await _deliver(ctx, run, stats, per)
+        usage = run.meter.stop()
+    n = opened["opened"]
+    return {
+        "sizes": {"conns": len(specs), "tenants": z.s5_tenants},
+        "opened": n,
+        "failed": opened["failed"],
+        "open_s": round(opened["seconds"], 2),
+        "rss_before_mb": round(before / 2**20, 1),
+        "rss_after_mb": round(after / 2**20, 1),
+        "rss_per_conn_kib": round((after - before) / n / 1024, 2) if n else None,
+        "check_delivery": {k: got[k] for k in ("expected", "received", "lost", "duplicates")},
+        "usage": usage,
+    }
+
+
+SCENARIOS = {
+    "s1": s1_many_tenants,
+    "s2": s2_broadcast,
+    "s3": s3_throughput,
+    "s4": s4_fault,
+    "s5": s5_idle,
+}

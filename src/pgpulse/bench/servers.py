@@ -1,0 +1,187 @@
+"""The servers under test: pgpulse, and the naive baseline beside it.
+
+Each is a subprocess on 127.0.0.1 with its own port and its own database,
+started fresh for every scenario and stopped by its pid. A :class:`Target`
+knows how to start its server, what a receiver's WebSocket request looks
+like, how to publish, and how its LISTEN connection is named (the fault
+scenario terminates it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+from urllib.parse import quote
+
+import jwt
+
+from ..db import LISTENER_APP_NAME
+
+HOST = "127.0.0.1"
+START_TIMEOUT = 60.0  # seconds for a server to answer its health check
+STOP_TIMEOUT = 15.0  # seconds between SIGTERM and SIGKILL
+BASELINE_LISTENER = "baseline-listener"
+
+
+@dataclass
+class Server:
+    """A running server process; ``stop()`` ends it (and only it) by pid."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: IO[bytes]
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(STOP_TIMEOUT)
+        self.log.close()
+
+
+@dataclass
+class Target:
+    name: str
+    database_url: str
+    dbname: str
+    workdir: Path
+    listener_app_name: str
+    wait_ready: bool
+    """Whether a socket is live only after a ``ready`` control frame (pgpulse)."""
+    _tokens: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    def command(self, port: int) -> list[str]:
+        raise NotImplementedError
+
+    def env(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    health_path = "/healthz"
+
+    def ws_target(self, tenant: str) -> str:
+        raise NotImplementedError
+
+    def publish_request(self, tenant: str, data: bytes) -> tuple[str, bytes, bytes]:
+        raise NotImplementedError
+
+    def start(self, port: int) -> Server:
+        log = (self.workdir / f"{self.name}-{port}.log").open("ab")
+        proc = subprocess.Popen(
+            self.command(port),
+            env={**os.environ, **self.env()},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        server = Server(proc, port, log)
+        deadline = time.monotonic() + START_TIMEOUT
+        url = f"http://{HOST}:{port}{self.health_path}"
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                server.stop()
+                raise RuntimeError(
+                    f"{self.name} exited with {proc.returncode} at start; see {log.name}"
+                )
+            with (
+                contextlib.suppress(OSError, urllib.error.URLError),
+                urllib.request.urlopen(url, timeout=2) as response,
+            ):
+                if response.status == 200:
+                    return server
+            time.sleep(0.2)
+        server.stop()
+        raise RuntimeError(f"{self.name} did not answer {url} in {START_TIMEOUT:.0f} s")
+
+
+class PgpulseTarget(Target):
+    secret = "pgpulse-bench-secret-" + "0123456789abcdef" * 2
+
+    def __init__(self, database_url: str, dbname: str, workdir: Path, workers: int = 1) -> None:
+        super().__init__("pgpulse", database_url, dbname, workdir, LISTENER_APP_NAME, True)
+        self.workers = workers
+
+    health_path = "/readyz"
+
+    def command(self, port: int) -> list[str]:
+        return [
+            sys.executable, "-m", "pgpulse", "serve", "--host", HOST, "--port", str(port),
+            "--workers", str(self.workers), "--log-level", "warning",
+        ]  # fmt: skip
+
+    def env(self) -> dict[str, str]:
+        return {
+            "PGPULSE_DATABASE_URL": self.database_url,
+            "PGPULSE_JWT_SECRET": self.secret,
+            "PGPULSE_DATA_DIR": str(self.workdir / "pgpulse-data"),
+            "PGPULSE_INSECURE_DEV": "0",
+        }
+
+    def token(self, tenant: str, scope: str = "") -> str:
+        key = (tenant, scope)
+        if key not in self._tokens:
+            claims: dict[str, object] = {"tenant_id": tenant, "exp": int(time.time()) + 86400}
+            if scope:
+                claims["scope"] = scope
+            self._tokens[key] = jwt.encode(claims, self.secret, algorithm="HS256")
+        return self._tokens[key]
+
+    def ws_target(self, tenant: str) -> str:
+        return f"/ws?token={self.token(tenant)}"
+
+    def publish_request(self, tenant: str, data: bytes) -> tuple[str, bytes, bytes]:
+        body = b'{"topic":"bench","type":"bench","data":%s}' % data
+        return (
+            "/api/events",
+            b"Authorization: Bearer %s\r\n" % self.token(tenant, "publish").encode(),
+            body,
+        )
+
+
+class BaselineTarget(Target):
+    def __init__(self, database_url: str, dbname: str, workdir: Path, app_dir: Path) -> None:
+        super().__init__("baseline", database_url, dbname, workdir, BASELINE_LISTENER, False)
+        self.app_dir = app_dir
+
+    health_path = "/openapi.json"
+
+    def command(self, port: int) -> list[str]:
+        return [
+            sys.executable, "-m", "uvicorn", "app:app", "--app-dir", str(self.app_dir),
+            "--host", HOST, "--port", str(port), "--log-level", "warning",
+        ]  # fmt: skip
+
+    def env(self) -> dict[str, str]:
+        return {"DATABASE_URL": self.database_url}
+
+    def ws_target(self, tenant: str) -> str:
+        return f"/ws?tenant_id={quote(tenant)}"
+
+    def publish_request(self, tenant: str, data: bytes) -> tuple[str, bytes, bytes]:
+        return f"/publish?tenant_id={quote(tenant)}", b"", b'{"type":"bench","data":%s}' % data
+
+
+def find_baseline(explicit: Path | None) -> Path | None:
+    """``benchmarks/baseline`` beside the working directory or this source checkout."""
+    candidates = [explicit] if explicit else []
+    candidates += [Path.cwd() / "benchmarks" / "baseline"]
+    candidates += [p / "benchmarks" / "baseline" for p in Path(__file__).resolve().parents]
+    for path in candidates:
+        if path is not None and (path / "app.py").is_file():
+            return path
+    return None

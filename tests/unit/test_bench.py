@@ -1,0 +1,62 @@
+"""The load generator's own arithmetic: histogram percentiles, frame parsing, the table."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+
+import orjson
+
+from pgpulse.bench import report, wsclient
+from pgpulse.bench.stats import Histogram
+
+
+def test_histogram_percentiles_within_two_percent() -> None:
+    h = Histogram()
+    for ms in range(1, 1001):
+        h.add(ms * 1000.0)
+    for p, want in ((50, 500), (90, 900), (99, 990)):
+        got = h.percentile_ms(p)
+        assert got is not None and abs(got - want) / want <= 0.02
+    assert h.summary()["max_ms"] == 1000.0
+
+
+def test_histograms_merge_across_processes() -> None:
+    a, b = Histogram(), Histogram()
+    a.add(1000.0)
+    b.add(3000.0)
+    merged = Histogram.from_wire(a.to_wire())
+    merged.merge(Histogram.from_wire(b.to_wire()))
+    assert merged.count == 2 and merged.max_us == 3000.0
+
+
+def _server_frame(opcode: int, payload: bytes) -> bytes:
+    n = len(payload)
+    if n < 126:
+        return struct.pack("!BB", 0x80 | opcode, n) + payload
+    return struct.pack("!BBH", 0x80 | opcode, 126, n) + payload
+
+
+async def test_client_parses_frames_split_anywhere() -> None:
+    got: list[bytes] = []
+    client = wsclient.WsClient("127.0.0.1", 1, "/ws", lambda _c, p: got.append(p))
+    small = orjson.dumps({"id": 1, "data": {"t": 1, "seq": 1}})
+    big = b"x" * 300
+    stream = b"HTTP/1.1 101 Switching Protocols\r\n\r\n" + _server_frame(1, small)
+    stream += _server_frame(1, big)
+    for i in range(0, len(stream), 7):
+        client.data_received(stream[i : i + 7])
+    assert got == [small, big]
+    assert client.opened.done() and client.opened.result() is True
+    await asyncio.sleep(0)
+
+
+def test_table_reports_ratios_and_targets() -> None:
+    results = {
+        "pgpulse": {"s4": {"delivery": {"lost": 0, "duplicates": 0}, "recovery_s": 0.2}},
+        "baseline": {"s4": {"delivery": {"lost": 10, "duplicates": 0}, "recovery_s": None}},
+    }
+    rows = report.comparison(results)
+    lost = next(r for r in rows if r["scenario"] == "s4" and r["metric"] == "lost")
+    assert lost["met"] is True and lost["baseline"] == 10
+    assert "S4" in report.table(rows, with_baseline=True)
