@@ -27,6 +27,7 @@ from pgpulse.app import create_app
 from pgpulse.auth import Verifier
 from pgpulse.runtime import Runtime
 from pgpulse.settings import Settings
+from pgpulse.transports.uvicorn_ws import WebSocketProtocol
 
 SECRET = "test-secret-0123456789abcdef-0123456789"
 TIMEOUT = 10.0  # seconds: the bound on every wait in the tests
@@ -106,7 +107,7 @@ async def start_server(
     config = uvicorn.Config(
         app,
         loop="asyncio",
-        ws="websockets-sansio",
+        ws=WebSocketProtocol,
         ws_max_size=64 * 1024,
         ws_ping_interval=settings.ws_ping_interval,  # as `pgpulse serve` does
         ws_ping_timeout=settings.ws_ping_timeout,

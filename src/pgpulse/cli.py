@@ -124,6 +124,7 @@ def serve(
     import uvicorn
 
     from .migrate import migrate
+    from .transports.uvicorn_ws import WebSocketProtocol
 
     settings = load_settings(
         host=host, port=port, workers=workers, insecure_dev=insecure_dev or None, data_dir=data_dir
@@ -158,7 +159,7 @@ def serve(
             workers=settings.workers,
             loop="uvloop",
             http="httptools",
-            ws="websockets-sansio",
+            ws=WebSocketProtocol,
             ws_max_size=64 * 1024,
             ws_ping_interval=settings.ws_ping_interval,
             ws_ping_timeout=settings.ws_ping_timeout,

@@ -38,6 +38,7 @@ class Event:
     ts: datetime
     user_id: str | None = None
     _frame: str | None = field(default=None, repr=False)
+    _ws_bytes: bytes | None = field(default=None, repr=False)
     _sse: bytes | None = field(default=None, repr=False)
 
     @property
@@ -60,6 +61,24 @@ class Event:
                 body["user_id"] = self.user_id
             self._frame = orjson.dumps(body).decode()
         return self._frame
+
+    @property
+    def ws_bytes(self) -> bytes:
+        """The whole WebSocket message on the wire (an unmasked text frame, RFC 6455 §5.2).
+
+        Built once, so that writing it to a socket is one ``transport.write``.
+        """
+        if self._ws_bytes is None:
+            payload = self.frame.encode()
+            n = len(payload)
+            if n < 126:
+                header = bytes((0x81, n))
+            elif n < 1 << 16:
+                header = bytes((0x81, 126)) + n.to_bytes(2, "big")
+            else:
+                header = bytes((0x81, 127)) + n.to_bytes(8, "big")
+            self._ws_bytes = header + payload
+        return self._ws_bytes
 
     @property
     def sse(self) -> bytes:

@@ -33,7 +33,9 @@ class Subscription:
 
     __slots__ = (
         "_wake",
+        "busy",
         "closed",
+        "direct",
         "max_bytes",
         "max_events",
         "overflowed",
@@ -65,6 +67,10 @@ class Subscription:
         self.overflowed = False
         self.closed = False
         self.restarting = False
+        self.direct: Callable[[Event], bool] | None = None
+        """Set by a live transport that can write an event at once without
+        waiting (returns False when it cannot, e.g. the socket is backed up)."""
+        self.busy = False  # the writer holds a batch it has not finished sending
         self._wake = asyncio.Event()
 
     def wants(self, event: Event) -> bool:
@@ -73,8 +79,17 @@ class Subscription:
         return self.topics is None or event.topic in self.topics
 
     def offer(self, event: Event) -> None:
-        """Queue an event; never blocks. Past the limit the queue is dropped and marked slow."""
+        """Queue an event; never blocks. Past the limit the queue is dropped and marked slow.
+
+        Fast path: with nothing queued or being sent, an event goes straight to
+        the socket (one buffered write, no task hop), which keeps order.
+        """
         if self.overflowed or self.closed:
+            return
+        direct = self.direct
+        fast = direct is not None and not self.queue and not self.busy
+        if fast and event.id > self.position and direct is not None and direct(event):
+            self.position = event.id
             return
         self.queue.append(event)
         self.queued_bytes += event.size
@@ -96,6 +111,7 @@ class Subscription:
         Returns ``[]`` after ``idle`` seconds without any (a heartbeat
         moment) or once closed; raises :class:`SlowConsumer` after an overflow.
         """
+        self.busy = False
         while True:
             while not self.queue:
                 if self.overflowed:
@@ -115,6 +131,7 @@ class Subscription:
             # Only events a replay already sent: not a heartbeat moment, wait on.
             if batch:
                 self.position = batch[-1].id
+                self.busy = True
                 return batch
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 
@@ -41,3 +42,30 @@ def test_sse_message_and_control() -> None:
     assert text.endswith("\n\n") and text.count("\n") == 4
     assert orjson.loads(control("ready", last_event_id=3)) == {"op": "ready", "last_event_id": 3}
     assert parse_event(control("pong")) is None
+
+
+def test_ws_bytes_is_one_unmasked_text_frame() -> None:
+    from websockets.frames import Frame, Opcode
+
+    for size in (10, 35, 200, 70_000):
+        e = Event(1, "a", "t", "x", orjson.dumps("y" * size).decode(), datetime.now(UTC))
+        data = e.ws_bytes
+        # websockets' own parser, reading as a client reads (server frames are unmasked).
+        offset = 0
+
+        def read_exact(n: int, data: bytes = data) -> Any:
+            nonlocal offset
+            chunk = data[offset : offset + n]
+            offset += n
+            yield from ()
+            return chunk
+
+        parser = Frame.parse(read_exact, mask=False)
+        try:
+            next(parser)
+            raise AssertionError("parser wanted more data")
+        except StopIteration as done:
+            frame = done.value
+        assert offset == len(data)
+        assert frame.opcode is Opcode.TEXT and frame.fin
+        assert frame.data.decode() == e.frame

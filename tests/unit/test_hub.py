@@ -70,3 +70,31 @@ async def test_idle_returns_empty_and_close_ends() -> None:
     assert await s.next_batch(0.01) == []
     s.close()
     assert await s.next_batch(None) == []
+
+
+async def test_direct_path_keeps_order_behind_queue_and_batch() -> None:
+    written: list[int] = []
+    writable = True
+
+    def direct(event: Event) -> bool:
+        if writable:
+            written.append(event.id)
+        return writable
+
+    s = Subscription("a")
+    s.direct = direct
+    s.offer(ev("a", 1))
+    assert written == [1] and s.position == 1 and not s.queue
+    writable = False
+    s.offer(ev("a", 2))  # backed up: queued
+    writable = True
+    s.offer(ev("a", 3))  # something is queued: must queue behind it
+    assert written == [1] and [e.id for e in s.queue] == [2, 3]
+    batch = await s.next_batch(0.1)
+    assert [e.id for e in batch] == [2, 3]
+    s.offer(ev("a", 4))  # the writer is still sending 2 and 3: queue
+    assert written == [1] and [e.id for e in s.queue] == [4]
+    assert [e.id for e in await s.next_batch(0.1)] == [4]
+    assert await s.next_batch(0.01) == []  # the writer finished: direct again
+    s.offer(ev("a", 5))
+    assert written == [1, 5] and s.position == 5

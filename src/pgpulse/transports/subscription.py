@@ -13,7 +13,7 @@ the cursor (so in the table, and replayed) or above it (so queued).
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 
 from ..events import Event, control
@@ -34,9 +34,12 @@ class Stream:
         subscription: Subscription,
         resume_from: int | None,
         idle: float | None = None,
+        direct: Callable[[Event], bool] | None = None,
     ) -> AsyncGenerator[Event | str, None]:
         """Events and control frames for one connection, until it is closed.
 
+        ``direct``, when given, lets the hub write live events straight to the
+        socket once ``ready`` is out (see :meth:`Subscription.offer`).
         Raises :class:`pgpulse.hub.SlowConsumer` when the connection falls behind.
         """
         start = await self.history.start(subscription.tenant_id, resume_from)
@@ -56,6 +59,7 @@ class Stream:
                 yield event
             subscription.position = max(subscription.position, until)
             yield control("ready", last_event_id=subscription.position)
+            subscription.direct = direct
             while not subscription.closed:
                 batch = await subscription.next_batch(idle)
                 if not batch:

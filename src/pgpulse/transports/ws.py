@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 
 import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -26,6 +27,7 @@ from ..events import (
 )
 from ..hub import SlowConsumer, Subscription
 from ..runtime import Runtime
+from .uvicorn_ws import EXTENSION
 
 CLOSE_TIMEOUT = 5.0  # seconds to get a close frame out to a peer that does not read
 
@@ -65,7 +67,8 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     gauge.inc()
     reader = asyncio.create_task(_read_client(websocket, subscription, lock, runtime))
     try:
-        async with contextlib.aclosing(runtime.stream.frames(subscription, resume_from)) as items:
+        frames = runtime.stream.frames(subscription, resume_from, direct=_direct_writer(websocket))
+        async with contextlib.aclosing(frames) as items:
             async for item in items:
                 text = item.frame if isinstance(item, Event) else item
                 async with lock:
@@ -87,6 +90,15 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         runtime.hub.leave(subscription)
         if reader.done() and not reader.cancelled() and (code := reader.result()) is not None:
             await _close(websocket, code[0], code[1])
+
+
+def _direct_writer(websocket: WebSocket) -> Callable[[Event], bool] | None:
+    """Write an event's pre-framed bytes at once, where the server allows it."""
+    extension = websocket.scope.get("extensions", {}).get(EXTENSION)
+    if extension is None:
+        return None
+    write_frame: Callable[[bytes], bool] = extension["write"]
+    return lambda event: write_frame(event.ws_bytes)
 
 
 async def _close(websocket: WebSocket, code: int, reason: str) -> None:
