@@ -1,0 +1,58 @@
+"""Token verification without a server: claims, algorithms, and the verified-token cache."""
+
+from __future__ import annotations
+
+import time
+
+import jwt
+import pytest
+
+from pgpulse.auth import LEEWAY, Verifier
+from pgpulse.errors import AuthError, ForbiddenTopic
+
+SECRET = "unit-secret-0123456789abcdef-0123456789"
+
+
+def verifier() -> Verifier:
+    return Verifier(SECRET, ["HS256"], signing_key=SECRET)
+
+
+def test_claims_become_a_principal() -> None:
+    v = verifier()
+    p = v.verify(v.mint("acme", "u1", ["publish"], ["a", "b"]))
+    assert (p.tenant_id, p.user_id, p.topics, p.scopes) == (
+        "acme",
+        "u1",
+        frozenset({"a", "b"}),
+        frozenset({"publish"}),
+    )
+    assert p.allowed_topics("a") == frozenset({"a"})
+    assert p.allowed_topics(None) == frozenset({"a", "b"})
+    with pytest.raises(ForbiddenTopic, match="c"):
+        p.allowed_topics("a,c")
+
+
+def test_cache_never_accepts_another_signature() -> None:
+    v = verifier()
+    good = v.mint("acme")
+    assert v.verify(good).tenant_id == "acme"
+    header, payload, _ = good.split(".")
+    forged = jwt.encode(
+        jwt.decode(good, options={"verify_signature": False}),
+        "another-secret-0123456789abcdef-01234",
+        algorithm="HS256",
+    )
+    assert forged.split(".")[:2] == [header, payload]
+    with pytest.raises(AuthError, match="signature"):
+        v.verify(forged)
+    assert v.verify(good).tenant_id == "acme"  # still cached, still fine
+
+
+def test_cached_token_still_expires() -> None:
+    v = verifier()
+    now = int(time.time())
+    token = jwt.encode({"tenant_id": "acme", "exp": now - LEEWAY + 1}, SECRET, algorithm="HS256")
+    assert v.verify(token).tenant_id == "acme"
+    time.sleep(1.5)  # the token's own lifetime running out: nothing else to await
+    with pytest.raises(AuthError, match="expired"):
+        v.verify(token)
