@@ -10,7 +10,7 @@ literal arguments, never as SQL.
 odd characters), while the tenant column is its exact name. A row whose
 tenant column is NULL or empty publishes nothing; a row that moves between
 tenants is a delete for the old tenant and an insert for the new one (see
-``sql/migrations/0003_track_move.sql``).
+``sql/migrations/0002_track.sql``).
 """
 
 from __future__ import annotations
