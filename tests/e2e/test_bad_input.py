@@ -125,3 +125,28 @@ async def test_cors_only_for_configured_origins(database_url: str, tmp_path: obj
             "/api/events", headers={**preflight, "Origin": "https://evil.example"}
         )
         assert "access-control-allow-origin" not in r.headers
+
+
+async def test_abuse_closes_with_1009_or_1008(server: ServerHandle, tenant: str) -> None:
+    import pytest
+    from websockets.exceptions import ConnectionClosed
+
+    async with server.connect(mint(tenant)) as ws:
+        await until_ready(ws)
+        await ws.send("x" * (65 * 1024))
+        with pytest.raises(ConnectionClosed) as big:
+            while True:
+                await recv(ws)
+    assert big.value.rcvd is not None and big.value.rcvd.code == 1009
+
+    async with server.connect(mint(tenant)) as ws:
+        await until_ready(ws)
+        for _ in range(500):  # far past the burst allowance of 2 s worth of frames
+            await ws.send('{"op": "ping"}')
+        pongs = 0
+        with pytest.raises(ConnectionClosed) as flood:
+            while True:
+                assert await recv(ws) == {"op": "pong"}
+                pongs += 1
+    assert flood.value.rcvd is not None and flood.value.rcvd.code == 1008
+    assert "too many" in flood.value.rcvd.reason and pongs < 500

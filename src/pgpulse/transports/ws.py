@@ -88,8 +88,11 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
             await reader
         gauge.dec()
         runtime.hub.leave(subscription)
-        if reader.done() and not reader.cancelled() and (code := reader.result()) is not None:
-            await _close(websocket, code[0], code[1])
+        abuse = None
+        if reader.done() and not reader.cancelled() and reader.exception() is None:
+            abuse = reader.result()
+        if abuse is not None:
+            await _close(websocket, *abuse)
 
 
 def _direct_writer(websocket: WebSocket) -> Callable[[Event], bool] | None:
