@@ -40,7 +40,7 @@ from .runtime import Runtime
 from .settings import Settings
 from .transports.sse import sse_endpoint
 from .transports.subscription import Stream
-from .transports.ws import websocket_endpoint
+from .transports.ws import WebSocketRoutes
 
 log = logging.getLogger("pgpulse")
 
@@ -171,8 +171,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(notifications.router)
     app.include_router(events.router)
     app.include_router(health.router)
-    app.add_api_websocket_route("/ws", websocket_endpoint)
-    app.add_api_websocket_route("/ws/notifications", websocket_endpoint)
+    app.add_middleware(WebSocketRoutes)  # /ws and /ws/notifications
     app.add_api_route("/sse", sse_endpoint, methods=["GET"])
 
     @app.exception_handler(RequestValidationError)
