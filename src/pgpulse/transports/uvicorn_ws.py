@@ -30,6 +30,13 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         if scope is not None and not self.close_sent:
             scope["extensions"][EXTENSION] = {"write": self.write_frame}
 
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.accept" and self.handshake_complete:
+            # The handshake's request and response are not read again; an idle
+            # connection should not carry them for hours.
+            self.request = self.response = None  # type: ignore[assignment]
+
     def write_frame(self, frame: bytes) -> bool:
         if (
             not self.handshake_complete
