@@ -171,6 +171,18 @@ async def no_more_events(ws: ClientConnection, wait: float = 0.5) -> None:
         raise AssertionError(f"unexpected frame: {frame!r}")
 
 
+def serve_env(database_url: str, data_dir: Path, **settings: object) -> dict[str, str]:
+    """Environment for ``pgpulse serve`` on the test database with the tests' secret;
+    further settings by field name (``ws_ping_interval=0.5``)."""
+    env = {
+        "PGPULSE_DATABASE_URL": database_url,
+        "PGPULSE_JWT_SECRET": SECRET,
+        "PGPULSE_DATA_DIR": str(data_dir),
+    }
+    env.update({f"PGPULSE_{name.upper()}": str(value) for name, value in settings.items()})
+    return env
+
+
 class ServerProcess:
     """``pgpulse serve`` as a child process, stopped by its pid.
 

@@ -19,7 +19,15 @@ import psycopg
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from ..support import SECRET, ServerProcess, events, free_port, mint, no_more_events, until_ready
+from ..support import (
+    ServerProcess,
+    events,
+    free_port,
+    mint,
+    no_more_events,
+    serve_env,
+    until_ready,
+)
 
 CLIENTS = 40
 EVENTS = 100
@@ -86,12 +94,7 @@ async def listeners(database_url: str) -> int:
 async def test_workers_and_nodes_deliver_every_event_exactly_once(
     database_url: str, tmp_path: Path, tenant: str
 ) -> None:
-    env = {
-        "PGPULSE_DATABASE_URL": database_url,
-        "PGPULSE_JWT_SECRET": SECRET,
-        "PGPULSE_DATA_DIR": str(tmp_path),
-        "PGPULSE_LISTENER_POLL_INTERVAL": "1",
-    }
+    env = serve_env(database_url, tmp_path, listener_poll_interval=1)
     quiet = ["--log-level", "warning"]  # the output is read only on failure
     workers = ServerProcess(["--workers", "2", *quiet], env, free_port())
     nodes = [ServerProcess(quiet, env, free_port()) for _ in range(2)]

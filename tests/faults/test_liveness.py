@@ -19,12 +19,12 @@ import websockets
 import pgpulse
 
 from ..support import (
-    SECRET,
     TIMEOUT,
     ServerProcess,
     events,
     free_port,
     mint,
+    serve_env,
     start_server,
     until_ready,
 )
@@ -126,13 +126,9 @@ async def test_peer_that_stops_reading_mid_stream_is_dropped(
 ) -> None:
     """The hard case: the silent peer's buffers are full, so uvicorn's close
     after the missed pong cannot flush; `pgpulse serve` must still drop it."""
-    env = {
-        "PGPULSE_DATABASE_URL": database_url,
-        "PGPULSE_JWT_SECRET": SECRET,
-        "PGPULSE_DATA_DIR": str(tmp_path),
-        "PGPULSE_WS_PING_INTERVAL": str(PING_INTERVAL),
-        "PGPULSE_WS_PING_TIMEOUT": str(PING_TIMEOUT),
-    }
+    env = serve_env(
+        database_url, tmp_path, ws_ping_interval=PING_INTERVAL, ws_ping_timeout=PING_TIMEOUT
+    )
     server = ServerProcess(["--log-level", "warning"], env, free_port())
     try:
         await asyncio.to_thread(server.wait_ready)

@@ -15,7 +15,7 @@ import websockets
 
 from pgpulse.events import WS_1012_SERVICE_RESTART
 
-from ..support import SECRET, TIMEOUT, ServerProcess, free_port, mint, until_ready
+from ..support import TIMEOUT, ServerProcess, free_port, mint, serve_env, until_ready
 
 EXIT_WITHIN = 10.0  # seconds from SIGTERM to the process's exit
 CLOSE_WITHIN = 2.0  # seconds from SIGTERM to a WebSocket's 1012
@@ -27,11 +27,7 @@ STREAMS_END_WITHIN = 4.0  # seconds: less than the default shutdown timeout of 5
 async def test_sigterm_closes_sockets_with_1012_and_exits(
     database_url: str, tmp_path: Path, tenant: str, with_sse: bool
 ) -> None:
-    env = {
-        "PGPULSE_DATABASE_URL": database_url,
-        "PGPULSE_JWT_SECRET": SECRET,
-        "PGPULSE_DATA_DIR": str(tmp_path),
-    }
+    env = serve_env(database_url, tmp_path)
     server = ServerProcess(["--log-level", "warning"], env, free_port())
     try:
         await asyncio.to_thread(server.wait_ready)

@@ -26,7 +26,7 @@ from websockets.asyncio.client import ClientConnection
 
 from pgpulse.events import WS_1013_TRY_AGAIN_LATER
 
-from ..support import SECRET, TIMEOUT, ServerProcess, free_port, mint, until_ready
+from ..support import TIMEOUT, ServerProcess, free_port, mint, serve_env, until_ready
 
 CLIENTS = 50
 EVENTS = 2000
@@ -98,11 +98,7 @@ async def frames_until_closed(ws: ClientConnection) -> tuple[list[int], int | No
 async def test_slow_consumer_is_closed_with_1013_and_delays_nobody(
     database_url: str, tmp_path: Path, tenant: str
 ) -> None:
-    env = {
-        "PGPULSE_DATABASE_URL": database_url,
-        "PGPULSE_JWT_SECRET": SECRET,
-        "PGPULSE_DATA_DIR": str(tmp_path),
-    }
+    env = serve_env(database_url, tmp_path)
     server = ServerProcess(["--log-level", "warning"], env, free_port())
     try:
         await asyncio.to_thread(server.wait_ready)
