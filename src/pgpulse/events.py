@@ -97,9 +97,6 @@ class Event:
         """Approximate bytes on the wire, for outbound queue limits."""
         return len(self.data_json) + 160
 
-    def to_dict(self) -> dict[str, Any]:
-        loaded: dict[str, Any] = orjson.loads(self.frame)
-        return loaded
 
 
 def control(op: str, **fields: Any) -> str:

@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -77,7 +76,6 @@ class Listener:
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self.connected = False
         self.reconnects = 0
-        self.last_read = 0.0  # monotonic time of the last successful read
 
     # -- wiring -----------------------------------------------------------
 
@@ -169,7 +167,6 @@ class Listener:
             self._catch_up_all = False
             try:
                 await self._read(None if everyone else woken)
-                self.last_read = time.monotonic()
                 backoff = MIN_BACKOFF
             except asyncio.CancelledError:
                 raise
