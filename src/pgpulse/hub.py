@@ -4,10 +4,12 @@ The listener hands the hub batches of committed events, in id order per
 tenant. The hub keeps one *room* per tenant with local connections; a room's
 ``cursor`` is the newest id it has dispatched, and it is also where the
 listener resumes reading for that tenant. Dispatch is synchronous and never
-waits on a socket: each connection has its own queue, drained by its own
-writer task. A queue that passes its limit marks the connection slow; its
-writer closes it with 1013 and the client resumes from its last id. No other
-connection waits for it.
+waits on a socket. A live connection that has nothing queued and a socket
+ready to take data gets the event written at once (its pre-framed bytes, one
+buffered write); otherwise the event goes to the connection's own queue,
+drained in order by its writer task. A queue that passes its limit marks the
+connection slow; its writer closes it with 1013 and the client resumes from
+its last id. No other connection waits for it.
 """
 
 from __future__ import annotations
