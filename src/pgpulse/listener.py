@@ -119,13 +119,23 @@ class Listener:
 
     async def _listen_forever(self) -> None:
         backoff = MIN_BACKOFF
+        attempts = 0  # failed connects since the connection was last up
+        listened = False
         while True:
             try:
                 self._conn = await db.connect(self._url, db.LISTENER_APP_NAME)
                 await self._conn.execute(f"LISTEN {CHANNEL}")
                 self.connected = True
+                if listened:
+                    self.reconnects += 1
+                listened = True
                 backoff = MIN_BACKOFF
-                log.info("listening (backend pid %s)", self._conn.info.backend_pid)
+                log.info(
+                    "listening (backend pid %s)%s",
+                    self._conn.info.backend_pid,
+                    f" after {attempts} failed attempts" if attempts else "",
+                )
+                attempts = 0
                 # Anything committed while nobody listened is in the table.
                 self.catch_up()
                 await self._receive(self._conn)
@@ -135,9 +145,11 @@ class Listener:
                 if self.connected:
                     log.warning("LISTEN connection lost: %s", _first_line(exc))
                 else:
-                    log.warning("cannot LISTEN yet: %s", _first_line(exc))
+                    attempts += 1
+                    # Once, then every 30th: an outage should not flood the log.
+                    level = logging.WARNING if attempts % 30 == 1 else logging.DEBUG
+                    log.log(level, "cannot LISTEN (attempt %d): %s", attempts, _first_line(exc))
             self.connected = False
-            self.reconnects += 1
             if self._conn is not None:
                 with contextlib.suppress(Exception):
                     await self._conn.close()
