@@ -60,3 +60,15 @@ def test_table_reports_ratios_and_targets() -> None:
     lost = next(r for r in rows if r["scenario"] == "s4" and r["metric"] == "lost")
     assert lost["met"] is True and lost["baseline"] == 10
     assert "S4" in report.table(rows, with_baseline=True)
+
+
+def test_s6_rows_show_the_stalled_socket_without_a_ratio() -> None:
+    results = {
+        "pgpulse": {"s6": {"delivery": {"lost": 0}, "stalled": {"closed": "yes (1013)"}}},
+        "baseline": {"s6": {"delivery": {"lost": 900}, "stalled": {"closed": "no"}}},
+    }
+    rows = report.comparison(results)
+    closed = next(r for r in rows if r["metric"] == "stalled socket closed by server")
+    assert closed["pgpulse"] == "yes (1013)" and closed["ratio"] is None
+    text = report.table(rows, with_baseline=True)
+    assert "yes (1013)" in text and "S6" in text

@@ -2,7 +2,9 @@
 
 The runner starts a few processes (one per core is plenty) and talks to each
 over a pipe with small commands: ``open`` sockets, ``reset`` the counters,
-``count`` frames, ``collect`` the figures, ``close``. Every frame's latency is
+``count`` frames, ``collect`` the figures, ``close``; and ``stall`` / ``unstall``
+one extra socket that stops reading (the slow consumer of S6), kept apart
+from the counted ones. Every frame's latency is
 its receive time minus the publisher's send time carried in its data (one
 machine, one clock). Loss and duplicates are counted against the list of
 publishes the server accepted, which the runner sends with ``collect``;
@@ -33,6 +35,8 @@ LOCAL_HOSTS = ("127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4")
 """Source addresses, so that 20,000 sockets do not exhaust one address's ports."""
 RESUME_ATTEMPTS = 50  # reconnects per connection during one run
 COMMAND_TIMEOUT = 180.0  # seconds the runner waits for any reply
+STALL_RCVBUF = 4096  # bytes: SO_RCVBUF of the socket that stops reading
+STALL_MSS = 536  # bytes: its TCP_MAXSEG, which keeps the server's send buffer small
 
 
 @dataclass(eq=False)
@@ -52,6 +56,8 @@ class _Receiver:
         self.index = index
         self.conns: list[_Conn] = []
         self.closing = False
+        self.stalled: wsclient.WsClient | None = None
+        self.stalled_frames = 0
         self.reset()
 
     def reset(self) -> dict[str, Any]:
@@ -139,6 +145,52 @@ class _Receiver:
             "seconds": time.monotonic() - started,
         }
 
+    async def stall(
+        self, host: str, port: int, target: str, wait_ready: bool, handshake_s: float
+    ) -> dict[str, Any]:
+        """Open one socket, then stop reading it for good (until ``unstall``)."""
+        ready = asyncio.Event()
+
+        def on_message(_client: wsclient.WsClient, payload: bytes) -> None:
+            self.stalled_frames += 1
+            if not ready.is_set() and orjson.loads(payload).get("op") == "ready":
+                ready.set()
+
+        client = await wsclient.connect(
+            host, port, target, on_message, handshake_s, rcvbuf=STALL_RCVBUF, mss=STALL_MSS
+        )
+        if client is None:
+            return {"opened": False}
+        if wait_ready:
+            try:
+                await asyncio.wait_for(ready.wait(), handshake_s)
+            except TimeoutError:
+                client.abort()
+                return {"opened": False}
+        client.pause_reading()
+        self.stalled = client
+        self.stalled_frames = 0
+        return {"opened": True}
+
+    async def unstall(self, wait_s: float) -> dict[str, Any]:
+        """Read the stalled socket again: did the server close it (and with which code)?
+
+        While paused nothing is read, so a close frame the server sent waits
+        behind the data it had buffered; reading it all shows whether one came.
+        Ends after a close, or after ``wait_s`` seconds of an open socket.
+        """
+        client, self.stalled = self.stalled, None
+        if client is None:
+            return {"close_code": None, "frames": 0}
+        client.resume_reading()
+        code: int | None
+        try:
+            code = await asyncio.wait_for(asyncio.shield(client.closed), wait_s)
+        except TimeoutError:
+            code = None
+        client.abort()
+        return {"close_code": code, "frames": self.stalled_frames}
+
     async def _keep(self, conn: _Conn, host: str, port: int, handshake_s: float) -> None:
         """Reconnect a dropped connection, resuming after the last id it received."""
         while conn.reconnects < RESUME_ATTEMPTS:
@@ -190,10 +242,15 @@ class _Receiver:
             "reconnects": sum(c.reconnects for c in self.conns),
             "window_max_ms": window_max_ms,
             "connections": len(self.conns),
+            "sockets_with_frames": sum(1 for c in self.conns if c.seqs),
+            "last_sent_ns": max(self.times) if self.times else None,
         }
 
     async def close(self) -> dict[str, Any]:
         self.closing = True
+        if self.stalled is not None:
+            self.stalled.abort()
+            self.stalled = None
         for conn in self.conns:
             if conn.client is not None:
                 conn.client.abort()
@@ -213,6 +270,10 @@ class _Receiver:
             return self.collect(*args)
         if name == "close":
             return await self.close()
+        if name == "stall":
+            return await self.stall(*args)
+        if name == "unstall":
+            return await self.unstall(*args)
         raise ValueError(f"unknown receiver command {name!r}")
 
 
@@ -290,6 +351,9 @@ class ReceiverPool:
             raise RuntimeError(f"receiver failed on {command[0]!r}: {reply['error']}")
         return reply
 
+    async def ask_one(self, index: int, *command: Any) -> dict[str, Any]:
+        return await self._ask(self._pipes[index], command)
+
     async def ask_all(self, *command: Any) -> list[dict[str, Any]]:
         return list(await asyncio.gather(*(self._ask(p, command) for p in self._pipes)))
 
@@ -327,6 +391,7 @@ class ReceiverPool:
         for r in replies:
             hist.merge(Histogram.from_wire(r["hist"]))
         windows = [r["window_max_ms"] for r in replies if r["window_max_ms"] is not None]
+        lasts = [r["last_sent_ns"] for r in replies if r["last_sent_ns"] is not None]
         total: dict[str, Any] = {
             key: sum(r[key] for r in replies)
             for key in (
@@ -337,10 +402,12 @@ class ReceiverPool:
                 "out_of_order",
                 "reconnects",
                 "connections",
+                "sockets_with_frames",
             )
         }
         total["latency"] = hist.summary()
         total["window_max_ms"] = max(windows) if windows else None
+        total["last_sent_ns"] = max(lasts) if lasts else None
         return total
 
     async def close(self) -> None:

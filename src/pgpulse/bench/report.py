@@ -99,6 +99,15 @@ ROWS = [
     Row("s5", "RSS per socket KiB", ("rss_per_conn_kib",), "≤ 0.5x baseline", _ratio_at_most(0.5)),
     Row("s5", "server RSS MB", ("rss_after_mb",)),
     Row("s5", "lost (liveness check)", ("check_delivery", "lost")),
+    Row("s6", "p50 latency ms (other sockets)", ("delivery", "latency", "p50_ms")),
+    Row("s6", "p99 latency ms (other sockets)", ("delivery", "latency", "p99_ms")),
+    Row("s6", "max latency ms (other sockets)", ("delivery", "latency", "max_ms")),
+    Row("s6", "deliveries (other sockets)", ("delivery", "received")),
+    Row("s6", "lost after drain (other sockets)", ("delivery", "lost")),
+    Row("s6", "last delivered event published at s", ("delivered_until_s",)),
+    Row("s6", "other sockets", ("other_sockets",)),
+    Row("s6", "other sockets that got any frame", ("delivery", "sockets_with_frames")),
+    Row("s6", "stalled socket closed by server", ("stalled", "closed")),
 ]
 
 

@@ -27,6 +27,8 @@ from .scenarios import SCENARIOS, Context, Sizes
 from .servers import BaselineTarget, PgpulseTarget, Target, find_baseline
 
 DEFAULT_PORT = 18400
+QUICK_SCENARIOS = ("s1", "s2", "s3", "s4", "s5")
+"""``--quick`` leaves S6 out: it needs its full run to fill the stalled socket's buffers."""
 
 
 def parser() -> argparse.ArgumentParser:
@@ -37,7 +39,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="small sizes: a one-minute smoke run")
     p.add_argument("--compare", choices=["baseline"], help="also run the naive baseline")
     p.add_argument("--baseline-dir", type=Path, help="folder of the baseline app.py")
-    p.add_argument("--scenarios", default="s1,s2,s3,s4,s5", help="comma-separated subset of s1..s5")
+    p.add_argument(
+        "--scenarios",
+        help="comma-separated subset of s1..s6 [all; with --quick: s1..s5]",
+    )
     p.add_argument("--database-url", help="PostgreSQL to use (default: an embedded one)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="first port to serve on")
     p.add_argument("--workers", type=int, default=1, help="pgpulse serving processes")
@@ -115,10 +120,11 @@ def _raise_fd_limit() -> None:
 
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
-    selected = [s.strip().lower() for s in args.scenarios.split(",") if s.strip()]
+    scenarios = args.scenarios or ",".join(QUICK_SCENARIOS if args.quick else SCENARIOS)
+    selected = [s.strip().lower() for s in scenarios.split(",") if s.strip()]
     unknown = [s for s in selected if s not in SCENARIOS]
     if unknown:
-        print(f"pgpulse bench: unknown scenario {unknown[0]!r}; known: s1..s5", file=sys.stderr)
+        print(f"pgpulse bench: unknown scenario {unknown[0]!r}; known: s1..s6", file=sys.stderr)
         return 2
     baseline_dir = None
     if args.compare == "baseline":

@@ -1,4 +1,4 @@
-"""The five scenarios (S1-S5). Each starts a fresh server, measures, and stops it.
+"""The six scenarios (S1-S6). Each starts a fresh server, measures, and stops it.
 
 Sizes come from :class:`Sizes` (flags of ``pgpulse bench``). Every wait is
 bounded: publishing by its count and each request's timeout, draining by
@@ -24,6 +24,7 @@ from .usage import Meter, tree_cpu, tree_rss
 
 QUIET = 3.0  # seconds without a new frame that end a drain early
 SETTLE = 0.5  # seconds after opening sockets, before publishing
+STALL_CHECK = 5.0  # seconds S6 reads its stalled socket again, waiting for a close
 
 
 @dataclass
@@ -46,6 +47,12 @@ class Sizes:
     s4_sockets: int = 5
     s5_conns: int = 5000
     s5_tenants: int = 500
+    s6_tenants: int = 10
+    s6_sockets: int = 10
+    s6_rate: float = 200.0
+    s6_seconds: float = 10.0
+    s6_pad: int = 6000
+    s6_queue_max_events: int = 20
     pad: int = 64
     drain: float = 10.0
 
@@ -78,8 +85,8 @@ class Run:
 
 
 @contextlib.asynccontextmanager
-async def running(ctx: Context) -> AsyncIterator[Run]:
-    server = ctx.target.start(ctx.port)
+async def running(ctx: Context, extra_env: dict[str, str] | None = None) -> AsyncIterator[Run]:
+    server = ctx.target.start(ctx.port, extra_env)
     receivers: ReceiverPool | None = None
     publisher: Publisher | None = None
     try:
@@ -292,10 +299,58 @@ async def s5_idle(ctx: Context) -> dict[str, Any]:
     }
 
 
+async def s6_slow_consumer(ctx: Context) -> dict[str, Any]:
+    """One socket of tenant 0 stops reading for the whole run; what do the others see?
+
+    The naive design awaits each send in turn, so once the stalled socket's
+    buffers are full its LISTEN loop waits on it, and every tenant waits too.
+    pgpulse queues per connection and closes one past its limit with 1013.
+    """
+    z = ctx.sizes
+    tenants = [f"s6-t{i}" for i in range(z.s6_tenants)]
+    env = ctx.target.queue_env(z.s6_queue_max_events)
+    async with running(ctx, env) as run:
+        run.publisher.pad = "x" * z.s6_pad
+        await _open(ctx, run, _specs(ctx.target, tenants, z.s6_sockets))
+        stall = await run.receivers.ask_one(
+            0, "stall", HOST, ctx.port, ctx.target.ws_target(tenants[0]), ctx.target.wait_ready,
+            30.0,
+        )  # fmt: skip
+        if not stall["opened"]:
+            raise RuntimeError("the stalled socket did not open")
+        run.meter.start()
+        t0 = time.time_ns()
+        stats = await run.publisher.open_loop(tenants, z.s6_rate, z.s6_seconds)
+        got = await _deliver(ctx, run, stats, z.s6_sockets)
+        usage = run.meter.stop()
+        rss = tree_rss(run.server.pid)
+        # Only now read the stalled socket again: a close frame waits behind its backlog.
+        end = await run.receivers.ask_one(0, "unstall", STALL_CHECK)
+    code = end["close_code"]
+    last = got["last_sent_ns"]
+    return {
+        "sizes": {"tenants": z.s6_tenants, "sockets_per_tenant": z.s6_sockets,
+                  "rate": z.s6_rate, "seconds": z.s6_seconds, "pad": z.s6_pad,
+                  "queue_max_events": z.s6_queue_max_events if env else None},
+        "publish": stats.as_dict(),
+        "delivery": got,
+        "other_sockets": z.s6_tenants * z.s6_sockets,
+        # When the last event any other socket received was published, from the start.
+        "delivered_until_s": round((last - t0) / 1e9, 2) if last is not None else None,
+        "stalled": {
+            "close_code": code,
+            "closed": f"yes ({code})" if code is not None else "no",
+            "frames_after_resume": end["frames"],
+        },
+        "usage": {**usage, "server_rss_mb": round(rss / 2**20, 1)},
+    }  # fmt: skip
+
+
 SCENARIOS = {
     "s1": s1_many_tenants,
     "s2": s2_broadcast,
     "s3": s3_throughput,
     "s4": s4_fault,
     "s5": s5_idle,
+    "s6": s6_slow_consumer,
 }

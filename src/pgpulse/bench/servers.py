@@ -80,11 +80,15 @@ class Target:
     def publish_request(self, tenant: str, data: bytes) -> tuple[str, bytes, bytes]:
         raise NotImplementedError
 
-    def start(self, port: int) -> Server:
+    def queue_env(self, max_events: int) -> dict[str, str]:
+        """Settings that bound each connection's outbound queue (none in the baseline)."""
+        return {}
+
+    def start(self, port: int, extra_env: dict[str, str] | None = None) -> Server:
         log = (self.workdir / f"{self.name}-{port}.log").open("ab")
         proc = subprocess.Popen(
             self.command(port),
-            env={**os.environ, **self.env()},
+            env={**os.environ, **self.env(), **(extra_env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -143,6 +147,9 @@ class PgpulseTarget(Target):
 
     def ws_target(self, tenant: str) -> str:
         return f"/ws?token={self.token(tenant)}"
+
+    def queue_env(self, max_events: int) -> dict[str, str]:
+        return {"PGPULSE_QUEUE_MAX_EVENTS": str(max_events)}
 
     def publish_request(self, tenant: str, data: bytes) -> tuple[str, bytes, bytes]:
         body = b'{"topic":"bench","type":"bench","data":%s}' % data

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import socket
 import struct
 from collections.abc import Callable
 from typing import cast
@@ -137,6 +138,15 @@ class WsClient(asyncio.Protocol):
 
     # -- use -----------------------------------------------------------------------
 
+    def pause_reading(self) -> None:
+        """Stop reading the socket: the kernel's buffers fill and the server's writes back up."""
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
+
     def send_text(self, text: str) -> None:
         self._write(_client_frame(OP_TEXT, text.encode()))
 
@@ -159,18 +169,42 @@ async def connect(
     on_message: Callable[[WsClient, bytes], None],
     handshake_s: float,
     local_host: str | None = None,
+    rcvbuf: int | None = None,
+    mss: int | None = None,
 ) -> WsClient | None:
-    """Open one connection, handshake done within ``handshake_s`` s; ``None`` if it fails."""
+    """Open one connection, handshake done within ``handshake_s`` s; ``None`` if it fails.
+
+    ``rcvbuf`` and ``mss`` set ``SO_RCVBUF`` and ``TCP_MAXSEG`` before connecting: a
+    small window and segment size keep the server's kernel send buffer small too
+    (it is sized from the segment size), so a socket that stops reading backs the
+    server up within kilobytes instead of megabytes.
+    """
     loop = asyncio.get_running_loop()
     client: WsClient | None = None
+    sock: socket.socket | None = None
     try:
         async with asyncio.timeout(handshake_s):
-            _, client = await loop.create_connection(
-                lambda: WsClient(host, port, target, on_message),
-                host,
-                port,
-                local_addr=(local_host, 0) if local_host else None,
-            )
+            if rcvbuf is None and mss is None:
+                _, client = await loop.create_connection(
+                    lambda: WsClient(host, port, target, on_message),
+                    host,
+                    port,
+                    local_addr=(local_host, 0) if local_host else None,
+                )
+            else:
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sock.setblocking(False)
+                if rcvbuf is not None:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+                if mss is not None:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, mss)
+                if local_host:
+                    sock.bind((local_host, 0))
+                await loop.sock_connect(sock, (host, port))
+                _, client = await loop.create_connection(
+                    lambda: WsClient(host, port, target, on_message), sock=sock
+                )
+                sock = None  # the transport owns it now
             if await client.opened:
                 return client
             client.abort()
@@ -178,4 +212,6 @@ async def connect(
     except (OSError, TimeoutError):
         if client is not None:
             client.abort()
+        if sock is not None:
+            sock.close()
         return None
