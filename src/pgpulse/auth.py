@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from .errors import AuthError, ConfigError, ForbiddenTopic
-from .events import MAX_NAME_LENGTH
+from .events import MAX_NAME_LENGTH, is_name
 from .settings import Settings
 
 log = logging.getLogger("pgpulse.auth")
@@ -134,14 +134,16 @@ class Verifier:
 
     def _principal(self, claims: dict[str, Any]) -> Principal:
         tenant = claims.get(self._tenant_claim)
-        if not isinstance(tenant, str) or not 1 <= len(tenant) <= MAX_NAME_LENGTH:
+        if not is_name(tenant):
             raise AuthError(
                 f"token claim {self._tenant_claim!r} must be a string of 1 to "
                 f"{MAX_NAME_LENGTH} characters"
             )
         sub = claims.get("sub")
-        if sub is not None and (not isinstance(sub, str) or not 1 <= len(sub) <= MAX_NAME_LENGTH):
-            raise AuthError("token claim 'sub' must be a string of 1 to 200 characters")
+        if sub is not None and not is_name(sub):
+            raise AuthError(
+                f"token claim 'sub' must be a string of 1 to {MAX_NAME_LENGTH} characters"
+            )
         topics = claims.get(self._topics_claim)
         if topics is not None and (
             not isinstance(topics, list) or not all(isinstance(t, str) for t in topics)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeGuard
 
 import orjson
 
@@ -24,6 +24,11 @@ WS_1013_TRY_AGAIN_LATER = 1013
 
 MAX_NAME_LENGTH = 200
 """Longest tenant id, topic, type or user id, in characters (checked in SQL too)."""
+
+
+def is_name(value: object) -> TypeGuard[str]:
+    """Whether ``value`` can be a tenant id, topic, type or user id: the one rule for all."""
+    return isinstance(value, str) and 1 <= len(value) <= MAX_NAME_LENGTH and "\x00" not in value
 
 
 @dataclass(slots=True, eq=False)
@@ -96,7 +101,6 @@ class Event:
     def size(self) -> int:
         """Approximate bytes on the wire, for outbound queue limits."""
         return len(self.data_json) + 160
-
 
 
 def control(op: str, **fields: Any) -> str:

@@ -24,7 +24,7 @@ import orjson
 import psycopg
 
 from .errors import InvalidEvent
-from .events import MAX_NAME_LENGTH
+from .events import MAX_NAME_LENGTH, is_name
 from .sql import QUERIES
 
 if TYPE_CHECKING:
@@ -79,13 +79,14 @@ class NewEvent:
 
 
 def _check_name(field: str, value: object) -> None:
-    if not isinstance(value, str) or not 1 <= len(value) <= MAX_NAME_LENGTH:
-        shown = f"{len(value)} characters" if isinstance(value, str) else type(value).__name__
-        raise InvalidEvent(
-            f"{field} must be a string of 1 to {MAX_NAME_LENGTH} characters, got {shown}"
-        )
-    if "\x00" in value:
+    if is_name(value):
+        return
+    if isinstance(value, str) and "\x00" in value:
         raise InvalidEvent(f"{field} must not contain NUL characters")
+    shown = f"{len(value)} characters" if isinstance(value, str) else type(value).__name__
+    raise InvalidEvent(
+        f"{field} must be a string of 1 to {MAX_NAME_LENGTH} characters, got {shown}"
+    )
 
 
 async def publish(

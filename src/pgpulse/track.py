@@ -22,7 +22,7 @@ import psycopg
 from psycopg import sql
 
 from .errors import TrackError
-from .events import MAX_NAME_LENGTH
+from .events import MAX_NAME_LENGTH, is_name
 
 TRIGGER_NAME = "pgpulse_track"
 _PLAIN = re.compile(r"[a-z_][a-z0-9_]*")  # identifiers that need no quotes in messages
@@ -53,7 +53,7 @@ async def track(
     conn: psycopg.AsyncConnection[Any], table: str, tenant_column: str, topic: str | None = None
 ) -> str:
     """Install (or replace) the trigger; returns the table's qualified name."""
-    if topic is not None and not (1 <= len(topic) <= MAX_NAME_LENGTH and "\x00" not in topic):
+    if topic is not None and not is_name(topic):
         raise TrackError(
             f"topic must be 1 to {MAX_NAME_LENGTH} characters without NUL, got {len(topic)}"
         )

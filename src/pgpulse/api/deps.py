@@ -10,6 +10,7 @@ from starlette.requests import HTTPConnection
 
 from ..auth import Principal
 from ..errors import AuthError
+from ..events import is_name
 from ..runtime import Runtime
 
 
@@ -34,10 +35,10 @@ def authenticate(conn: HTTPConnection) -> Principal:
         return runtime.verifier.verify(token)
     if runtime.settings.insecure_dev:
         tenant = conn.query_params.get("tenant_id")
-        if tenant and len(tenant) <= 200:
+        if is_name(tenant):
             return Principal(
                 tenant_id=tenant,
-                user_id=conn.query_params.get("user_id") or None,
+                user_id=user if is_name(user := conn.query_params.get("user_id")) else None,
                 scopes=frozenset({"publish"}),
             )
     raise AuthError("missing token: send 'Authorization: Bearer <token>' or '?token='")

@@ -9,21 +9,20 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import InvalidEvent
+from ..events import MAX_NAME_LENGTH
 from ..publish import NewEvent
 from .deps import PrincipalDep, RuntimeDep, read_json
 
 router = APIRouter()
 
-Name = Field(min_length=1, max_length=200)
-
 
 class EventIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    topic: str = Field(default="notifications", min_length=1, max_length=200)
-    type: str = Name
+    topic: str = Field(default="notifications", min_length=1, max_length=MAX_NAME_LENGTH)
+    type: str = Field(min_length=1, max_length=MAX_NAME_LENGTH)
     data: Any
-    user_id: str | None = Field(default=None, min_length=1, max_length=200)
+    user_id: str | None = Field(default=None, min_length=1, max_length=MAX_NAME_LENGTH)
 
 
 class EventOut(BaseModel):
@@ -41,9 +40,7 @@ class EventOut(BaseModel):
         }
     },
 )
-async def publish_event(
-    request: Request, runtime: RuntimeDep, principal: PrincipalDep
-) -> Response:
+async def publish_event(request: Request, runtime: RuntimeDep, principal: PrincipalDep) -> Response:
     if "publish" not in principal.scopes:
         raise HTTPException(403, "token lacks scope 'publish'")
     # Read the body by hand so that the size limit holds before parsing.
