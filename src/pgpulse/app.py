@@ -28,6 +28,7 @@ from psycopg_pool import PoolTimeout
 
 from . import db
 from .api import events, health, notifications
+from .api.deps import describe_errors
 from .auth import Verifier
 from .history import History
 from .hub import Hub
@@ -176,11 +177,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        parts = []
-        for error in exc.errors():
-            where = ".".join(str(p) for p in error.get("loc", ())) or "body"
-            parts.append(f"{where}: {error.get('msg')}")
-        return JSONResponse({"detail": "; ".join(parts)}, status_code=422)
+        return JSONResponse({"detail": describe_errors(exc.errors())}, status_code=422)
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(PoolTimeout)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Annotated, Any
 
 import orjson
@@ -62,6 +63,14 @@ async def _principal(request: Request) -> Principal:
 
 RuntimeDep = Annotated[Runtime, Depends(_runtime)]
 PrincipalDep = Annotated[Principal, Depends(_principal)]
+
+
+def describe_errors(errors: Iterable[Mapping[str, Any]]) -> str:
+    """Pydantic's validation errors as one line: ``field: problem; field: problem``."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in error.get('loc', ())) or 'body'}: {error.get('msg')}"
+        for error in errors
+    )
 
 
 async def read_json(request: Request, limit: int) -> Any:

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ..errors import InvalidEvent
 from ..events import MAX_NAME_LENGTH
 from ..publish import NewEvent
-from .deps import PrincipalDep, RuntimeDep, read_json
+from .deps import PrincipalDep, RuntimeDep, describe_errors, read_json
 
 router = APIRouter()
 
@@ -48,7 +48,7 @@ async def publish_event(request: Request, runtime: RuntimeDep, principal: Princi
     try:
         event_in = EventIn.model_validate(body)
     except ValidationError as exc:
-        raise HTTPException(422, _describe(exc)) from None
+        raise HTTPException(422, describe_errors(exc.errors())) from None
     try:
         event = NewEvent.build(
             principal.tenant_id, event_in.type, event_in.data, event_in.topic, event_in.user_id
@@ -61,10 +61,3 @@ async def publish_event(request: Request, runtime: RuntimeDep, principal: Princi
     # A ready Response skips response_model's validate-and-encode (EventOut is for the docs).
     return Response(orjson.dumps({"event_id": event_id}), 201, media_type="application/json")
 
-
-def _describe(exc: ValidationError) -> str:
-    parts = []
-    for error in exc.errors():
-        where = ".".join(str(p) for p in error["loc"]) or "body"
-        parts.append(f"{where}: {error['msg']}")
-    return "; ".join(parts)
