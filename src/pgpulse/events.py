@@ -46,6 +46,13 @@ class Event:
     _ws_bytes: bytes | None = field(default=None, repr=False)
     _sse: bytes | None = field(default=None, repr=False)
 
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> Event:
+        """An event from a row of ``fetch_after`` or ``replay`` (sql/queries.sql), which
+        select the same columns: tenant_id, id, topic, type, data::text, user_id, created_at."""
+        tenant_id, event_id, topic, type_, data_json, user_id, created_at = row
+        return cls(event_id, tenant_id, topic, type_, data_json, created_at, user_id)
+
     @property
     def data(self) -> Any:
         return orjson.loads(self.data_json)

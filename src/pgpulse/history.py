@@ -17,13 +17,12 @@ import psycopg
 from psycopg_pool import PoolTimeout
 
 from .errors import DatabaseUnavailable
-from .listener import row_to_event
+from .events import Event
 from .sql import QUERIES
 
 if TYPE_CHECKING:
     from psycopg_pool import AsyncConnectionPool
 
-    from .events import Event
 
 REPLAY_PAGE = 500  # events per query while replaying
 
@@ -83,7 +82,7 @@ class History:
             with _database_errors():
                 rows = await self._page(tenant_id, after, until, topics, user_id)
             for row in rows:
-                yield row_to_event(row)
+                yield Event.from_row(row)
             if len(rows) < REPLAY_PAGE:
                 return
             after = int(rows[-1][1])

@@ -50,11 +50,6 @@ class EventSink(Protocol):
     def deliver(self, events: Sequence[Event]) -> int: ...
 
 
-def row_to_event(row: tuple[Any, ...]) -> Event:
-    tenant_id, event_id, topic, type_, data_json, user_id, created_at = row
-    return Event(event_id, tenant_id, topic, type_, data_json, created_at, user_id)
-
-
 class Listener:
     def __init__(
         self,
@@ -202,7 +197,7 @@ class Listener:
                     },
                 )
                 rows = await cur.fetchall()
-            events = [row_to_event(row) for row in rows]
+            events = [Event.from_row(row) for row in rows]
             queued = self._sink.deliver(events)
             if self._on_events is not None:
                 self._on_events(queued)
