@@ -203,6 +203,9 @@ class ServerProcess:
             start_new_session=True,
         )
 
+    def ws_url(self, token: str) -> str:
+        return self.url.replace("http://", "ws://") + f"/ws?token={token}"
+
     def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -112,9 +112,8 @@ async def test_workers_and_nodes_deliver_every_event_exactly_once(
         async with contextlib.AsyncExitStack() as stack:
 
             async def connect(server: ServerProcess, token: str) -> ClientConnection:
-                ws_url = server.url.replace("http://", "ws://")
                 conn = await stack.enter_async_context(
-                    websockets.connect(f"{ws_url}/ws?token={token}", open_timeout=STARTUP)
+                    websockets.connect(server.ws_url(token), open_timeout=STARTUP)
                 )
                 await until_ready(conn)
                 return conn

@@ -132,7 +132,7 @@ async def test_peer_that_stops_reading_mid_stream_is_dropped(
     server = ServerProcess(["--log-level", "warning"], env, free_port())
     try:
         await asyncio.to_thread(server.wait_ready)
-        ws_url = server.url.replace("http://", "ws://") + f"/ws?token={mint(tenant)}"
+        ws_url = server.ws_url(mint(tenant))
         async with websockets.connect(ws_url, open_timeout=TIMEOUT, compression=None) as healthy:
             await until_ready(healthy)
             _, writer = await open_raw_websocket(server.url, mint(tenant), rcvbuf=4096)

@@ -31,7 +31,7 @@ async def test_sigterm_closes_sockets_with_1012_and_exits(
     server = ServerProcess(["--log-level", "warning"], env, free_port())
     try:
         await asyncio.to_thread(server.wait_ready)
-        ws_url = server.url.replace("http://", "ws://") + f"/ws?token={mint(tenant)}"
+        ws_url = server.ws_url(mint(tenant))
         sockets = [await websockets.connect(ws_url, open_timeout=TIMEOUT) for _ in range(2)]
         for ws in sockets:
             await until_ready(ws)

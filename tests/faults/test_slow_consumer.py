@@ -102,7 +102,7 @@ async def test_slow_consumer_is_closed_with_1013_and_delays_nobody(
     server = ServerProcess(["--log-level", "warning"], env, free_port())
     try:
         await asyncio.to_thread(server.wait_ready)
-        ws_url = server.url.replace("http://", "ws://") + f"/ws?token={mint(tenant)}"
+        ws_url = server.ws_url(mint(tenant))
         # No compression: per-connection deflate of random data is a CPU cost of
         # its own (it alone takes p99 past a second here); this test is about
         # isolation from a slow consumer.
