@@ -90,8 +90,13 @@ class Subscription:
         if self.overflowed or self.closed:
             return
         direct = self.direct
-        fast = direct is not None and not self.queue and not self.busy
-        if fast and event.id > self.position and direct is not None and direct(event):
+        if (
+            direct is not None
+            and not self.queue
+            and not self.busy
+            and event.id > self.position
+            and direct(event)
+        ):
             self.position = event.id
             return
         self.queue.append(event)
