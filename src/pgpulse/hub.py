@@ -5,11 +5,15 @@ tenant. The hub keeps one *room* per tenant with local connections; a room's
 ``cursor`` is the newest id it has dispatched, and it is also where the
 listener resumes reading for that tenant. Dispatch is synchronous and never
 waits on a socket. A live connection that has nothing queued and a socket
-ready to take data gets the event written at once (its pre-framed bytes, one
-buffered write); otherwise the event goes to the connection's own queue,
-drained in order by its writer task. A queue that passes its limit marks the
-connection slow; its writer closes it with 1013 and the client resumes from
-its last id. No other connection waits for it.
+ready to take data gets its share of the batch written at once: the events'
+pre-framed bytes, joined, in one buffered write. Otherwise the events go to
+the connection's own queue, drained in order by its writer task. A queue that
+passes its limit marks the connection slow; its writer closes it with 1013
+and the client resumes from its last id. No other connection waits for it.
+
+Under load, batches grow by themselves: wake-ups that arrive while the
+listener reads or dispatches are served by its next read, in one batch, so a
+broadcast costs one write per socket per batch rather than per event.
 """
 
 from __future__ import annotations
@@ -70,9 +74,10 @@ class Subscription:
         self.overflowed = False
         self.closed = False
         self.restarting = False
-        self.direct: Callable[[Event], bool] | None = None
-        """Set by a live transport that can write an event at once without
-        waiting (returns False when it cannot, e.g. the socket is backed up)."""
+        self.direct: Callable[[bytes], bool] | None = None
+        """Set by a live transport that can write pre-framed events
+        (:attr:`Event.ws_bytes`, joined) at once without waiting; returns
+        False when it cannot, e.g. the socket is backed up."""
         self.busy = False  # the writer holds a batch it has not finished sending
         self._waiter: asyncio.Future[None] | None = None
 
@@ -82,25 +87,28 @@ class Subscription:
         return self.topics is None or event.topic in self.topics
 
     def offer(self, event: Event) -> None:
-        """Queue an event; never blocks. Past the limit the queue is dropped and marked slow.
+        """Queue one event; never blocks (see :meth:`offer_many`)."""
+        self.offer_many((event,), event.ws_bytes)
 
-        Fast path: with nothing queued or being sent, an event goes straight to
-        the socket (one buffered write, no task hop), which keeps order.
+    def offer_many(self, events: Sequence[Event], frames: bytes | None = None) -> None:
+        """Queue events in id order; never blocks. Past the limit the queue is dropped
+        and marked slow.
+
+        Fast path: with nothing queued or being sent, the events go straight to
+        the socket as ``frames`` (their joined :attr:`Event.ws_bytes`, built
+        here if not given) in one buffered write, which keeps order.
         """
-        if self.overflowed or self.closed:
+        if self.overflowed or self.closed or not events:
             return
         direct = self.direct
-        if (
-            direct is not None
-            and not self.queue
-            and not self.busy
-            and event.id > self.position
-            and direct(event)
-        ):
-            self.position = event.id
-            return
-        self.queue.append(event)
-        self.queued_bytes += event.size
+        if direct is not None and not self.queue and not self.busy and events[0].id > self.position:
+            if frames is None:
+                frames = b"".join([event.ws_bytes for event in events])
+            if direct(frames):
+                self.position = events[-1].id
+                return
+        self.queue.extend(events)
+        self.queued_bytes += sum(event.size for event in events)
         if len(self.queue) > self.max_events or self.queued_bytes > self.max_bytes:
             self.overflowed = True
             self.queue.clear()
@@ -205,18 +213,36 @@ class Hub:
         """Dispatch committed events, in id order per tenant; returns how many were queued.
 
         An event at or below its room's cursor was dispatched already (a
-        catch-up read can overlap a wake-up read) and is skipped.
+        catch-up read can overlap a wake-up read) and is skipped. Each room's
+        new events go to each connection together; connections that want all
+        of them (no topic filter, nothing addressed to one user) share one
+        joined frame.
         """
-        queued = 0
+        batches: dict[str, list[Event]] = {}
         for event in events:
             room = self._rooms.get(event.tenant_id)
             if room is None or event.id <= room.cursor:
                 continue
             room.cursor = event.id
-            for subscription in room.subscriptions:
-                if subscription.wants(event):
-                    subscription.offer(event)
-                    queued += 1
+            batch = batches.get(event.tenant_id)
+            if batch is None:
+                batches[event.tenant_id] = [event]
+            else:
+                batch.append(event)
+        queued = 0
+        for tenant_id, batch in batches.items():
+            everyone = all(event.user_id is None for event in batch)
+            shared: bytes | None = None
+            for subscription in self._rooms[tenant_id].subscriptions:
+                if everyone and subscription.topics is None:
+                    if shared is None:
+                        shared = b"".join([event.ws_bytes for event in batch])
+                    subscription.offer_many(batch, shared)
+                    queued += len(batch)
+                else:
+                    wanted = [event for event in batch if subscription.wants(event)]
+                    subscription.offer_many(wanted)
+                    queued += len(wanted)
         return queued
 
     def close_all(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
@@ -73,28 +74,64 @@ async def test_idle_returns_empty_and_close_ends() -> None:
 
 
 async def test_direct_path_keeps_order_behind_queue_and_batch() -> None:
-    written: list[int] = []
+    written: list[bytes] = []
     writable = True
 
-    def direct(event: Event) -> bool:
+    def direct(frames: bytes) -> bool:
         if writable:
-            written.append(event.id)
+            written.append(frames)
         return writable
 
+    e = {i: ev("a", i) for i in range(1, 6)}
     s = Subscription("a")
     s.direct = direct
-    s.offer(ev("a", 1))
-    assert written == [1] and s.position == 1 and not s.queue
+    s.offer(e[1])
+    assert written == [e[1].ws_bytes] and s.position == 1 and not s.queue
     writable = False
-    s.offer(ev("a", 2))  # backed up: queued
+    s.offer(e[2])  # backed up: queued
     writable = True
-    s.offer(ev("a", 3))  # something is queued: must queue behind it
-    assert written == [1] and [e.id for e in s.queue] == [2, 3]
+    s.offer(e[3])  # something is queued: must queue behind it
+    assert len(written) == 1 and [x.id for x in s.queue] == [2, 3]
     batch = await s.next_batch(0.1)
-    assert [e.id for e in batch] == [2, 3]
-    s.offer(ev("a", 4))  # the writer is still sending 2 and 3: queue
-    assert written == [1] and [e.id for e in s.queue] == [4]
-    assert [e.id for e in await s.next_batch(0.1)] == [4]
+    assert [x.id for x in batch] == [2, 3]
+    s.offer(e[4])  # the writer is still sending 2 and 3: queue
+    assert len(written) == 1 and [x.id for x in s.queue] == [4]
+    assert [x.id for x in await s.next_batch(0.1)] == [4]
     assert await s.next_batch(0.01) == []  # the writer finished: direct again
-    s.offer(ev("a", 5))
-    assert written == [1, 5] and s.position == 5
+    s.offer(e[5])
+    assert written == [e[1].ws_bytes, e[5].ws_bytes] and s.position == 5
+
+
+async def test_a_batch_is_one_write_per_connection_and_one_join_per_room() -> None:
+    hub = Hub()
+    writes: dict[str, list[bytes]] = {"x": [], "y": [], "topic": [], "u1": []}
+    subs = {
+        "x": Subscription("a"),
+        "y": Subscription("a"),
+        "topic": Subscription("a", topics=frozenset({"other"})),
+        "u1": Subscription("a", user_id="u1"),
+    }
+
+    def recorder(out: list[bytes]) -> Callable[[bytes], bool]:
+        def write(frames: bytes) -> bool:
+            out.append(frames)
+            return True
+
+        return write
+
+    for name, sub in subs.items():
+        hub.join(sub, 0)
+        sub.direct = recorder(writes[name])
+    batch = [ev("a", 1), ev("a", 2, topic="other"), ev("a", 3)]
+    assert hub.deliver(batch) == 3 + 3 + 1 + 3
+    everything = b"".join(x.ws_bytes for x in batch)
+    assert writes["x"] == [everything] and writes["y"] == [everything]
+    assert writes["x"][0] is writes["y"][0]  # joined once, shared
+    assert writes["topic"] == [batch[1].ws_bytes]
+    assert writes["u1"] == [everything]
+    # An event for one user: the others' share leaves it out, in the same single write.
+    batch = [ev("a", 4), ev("a", 5, user="u1"), ev("a", 6)]
+    hub.deliver(batch)
+    assert writes["x"][1] == batch[0].ws_bytes + batch[2].ws_bytes
+    assert writes["u1"][1] == b"".join(x.ws_bytes for x in batch)
+    assert all(sub.position == 6 for name, sub in subs.items() if name != "topic")

@@ -34,12 +34,12 @@ class Stream:
         subscription: Subscription,
         resume_from: int | None,
         idle: float | None = None,
-        direct: Callable[[Event], bool] | None = None,
+        direct: Callable[[bytes], bool] | None = None,
     ) -> AsyncGenerator[Event | str, None]:
         """Events and control frames for one connection, until it is closed.
 
         ``direct``, when given, lets the hub write live events straight to the
-        socket once ``ready`` is out (see :meth:`Subscription.offer`).
+        socket once ``ready`` is out (see :meth:`Subscription.offer_many`).
         Raises :class:`pgpulse.hub.SlowConsumer` when the connection falls behind.
         """
         start = await self.history.start(subscription.tenant_id, resume_from)

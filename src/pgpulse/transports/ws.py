@@ -96,13 +96,13 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
             await _close(websocket, *abuse)
 
 
-def _direct_writer(websocket: WebSocket) -> Callable[[Event], bool] | None:
-    """Write an event's pre-framed bytes at once, where the server allows it."""
+def _direct_writer(websocket: WebSocket) -> Callable[[bytes], bool] | None:
+    """Write pre-framed events at once, where the server allows it."""
     extension = websocket.scope.get("extensions", {}).get(EXTENSION)
     if extension is None:
         return None
     write_frame: Callable[[bytes], bool] = extension["write"]
-    return lambda event: write_frame(event.ws_bytes)
+    return write_frame
 
 
 async def _close(websocket: WebSocket, code: int, reason: str) -> None:
