@@ -52,8 +52,9 @@ class _Conn:
 
 
 class _Receiver:
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int, deflate: bool) -> None:
         self.index = index
+        self.deflate = deflate
         self.conns: list[_Conn] = []
         self.closing = False
         self.stalled: wsclient.WsClient | None = None
@@ -125,6 +126,7 @@ class _Receiver:
                     self._handler(conn),
                     handshake_s,
                     LOCAL_HOSTS[i % len(LOCAL_HOSTS)],
+                    deflate=self.deflate,
                 )
             if conn.client is None:
                 return False
@@ -157,7 +159,14 @@ class _Receiver:
                 ready.set()
 
         client = await wsclient.connect(
-            host, port, target, on_message, handshake_s, rcvbuf=STALL_RCVBUF, mss=STALL_MSS
+            host,
+            port,
+            target,
+            on_message,
+            handshake_s,
+            rcvbuf=STALL_RCVBUF,
+            mss=STALL_MSS,
+            deflate=self.deflate,
         )
         if client is None:
             return {"opened": False}
@@ -205,7 +214,7 @@ class _Receiver:
             client = None
             while client is None and conn.reconnects < RESUME_ATTEMPTS:
                 client = await wsclient.connect(
-                    host, port, target, self._handler(conn), handshake_s
+                    host, port, target, self._handler(conn), handshake_s, deflate=self.deflate
                 )
                 if client is None:
                     conn.reconnects += 1
@@ -277,13 +286,13 @@ class _Receiver:
         raise ValueError(f"unknown receiver command {name!r}")
 
 
-def _main(pipe: Connection, index: int) -> None:
+def _main(pipe: Connection, index: int, deflate: bool) -> None:
     import threading
 
     import uvloop
 
     async def serve() -> None:
-        receiver = _Receiver(index)
+        receiver = _Receiver(index, deflate)
         loop = asyncio.get_running_loop()
         commands: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
 
@@ -318,13 +327,15 @@ def _main(pipe: Connection, index: int) -> None:
 class ReceiverPool:
     """The runner's handle on the receiver processes."""
 
-    def __init__(self, processes: int) -> None:
+    def __init__(self, processes: int, deflate: bool = True) -> None:
         ctx = multiprocessing.get_context("spawn")
         self._pipes: list[Connection] = []
         self.processes: list[Any] = []
         for i in range(processes):
             ours, theirs = ctx.Pipe()
-            proc = ctx.Process(target=_main, args=(theirs, i), daemon=True, name=f"receiver-{i}")
+            proc = ctx.Process(
+                target=_main, args=(theirs, i, deflate), daemon=True, name=f"receiver-{i}"
+            )
             proc.start()
             theirs.close()
             self._pipes.append(ours)

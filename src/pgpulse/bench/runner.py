@@ -47,6 +47,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="first port to serve on")
     p.add_argument("--workers", type=int, default=1, help="pgpulse serving processes")
     p.add_argument("--receivers", type=int, default=2, help="receiver processes")
+    p.add_argument(
+        "--client-deflate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="receivers offer per-message deflate as browsers do [on]",
+    )
     p.add_argument("--json", type=Path, help="write the results here too")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     p.add_argument(
@@ -161,7 +167,7 @@ def main(argv: list[str]) -> int:
             results[name] = {}
             for scenario in selected:
                 port += 1
-                ctx = Context(target, cluster, port, args.receivers, sizes)
+                ctx = Context(target, cluster, port, args.receivers, sizes, args.client_deflate)
                 t0 = time.monotonic()
                 print(f"{name} {scenario.upper()} …", file=sys.stderr, flush=True)
                 try:
@@ -184,6 +190,7 @@ def main(argv: list[str]) -> int:
         if args.database_url is None
         else "given by --database-url",
         "sizes": dataclasses.asdict(sizes),
+        "client_deflate": args.client_deflate,
         "results": results,
         "comparison": rows,
     }

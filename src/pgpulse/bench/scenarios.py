@@ -74,6 +74,8 @@ class Context:
     port: int
     receiver_processes: int
     sizes: Sizes
+    client_deflate: bool = True
+    """Receivers offer per-message deflate, as browsers do."""
 
 
 @dataclass
@@ -90,12 +92,15 @@ async def running(ctx: Context, extra_env: dict[str, str] | None = None) -> Asyn
     receivers: ReceiverPool | None = None
     publisher: Publisher | None = None
     try:
-        receivers = ReceiverPool(ctx.receiver_processes)
+        receivers = ReceiverPool(ctx.receiver_processes, ctx.client_deflate)
         pool = receivers
         meter = Meter(
             server=lambda: tree_cpu([server.pid]),
             postgres=ctx.cluster.cpu_seconds,
-            loadgen=lambda: tree_cpu([os.getpid(), *pool.pids]),
+            loadgen=lambda: {
+                **tree_cpu([os.getpid()], descendants=False),
+                **tree_cpu(pool.pids),
+            },
         )
         publisher = Publisher(HOST, ctx.port, ctx.target.publish_request, pad=ctx.sizes.pad)
         yield Run(server, receivers, meter, publisher)

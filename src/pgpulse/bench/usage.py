@@ -9,13 +9,17 @@ from dataclasses import dataclass
 import psutil
 
 
-def tree_cpu(pids: list[int]) -> dict[int, float]:
-    """CPU seconds so far of ``pids`` and their descendants, by process."""
+def tree_cpu(pids: list[int], descendants: bool = True) -> dict[int, float]:
+    """CPU seconds so far of ``pids`` (and their descendants), by process.
+
+    The runner is the parent of the server and of an embedded PostgreSQL,
+    so the load generator's own figure counts the runner alone.
+    """
     out: dict[int, float] = {}
     for pid in pids:
         with contextlib.suppress(psutil.Error):
             proc = psutil.Process(pid)
-            for p in [proc, *proc.children(recursive=True)]:
+            for p in [proc, *(proc.children(recursive=True) if descendants else [])]:
                 with contextlib.suppress(psutil.Error):
                     t = p.cpu_times()
                     out[p.pid] = t.user + t.system
