@@ -28,7 +28,7 @@ from psycopg_pool import PoolTimeout
 
 from . import db
 from .api import events, health, notifications
-from .api.deps import describe_errors
+from .api.deps import DATABASE_UNAVAILABLE, describe_errors
 from .auth import Verifier
 from .history import History
 from .hub import Hub
@@ -37,11 +37,11 @@ from .metrics import Metrics
 from .migrate import migrate
 from .publish import BatchPublisher
 from .retention import prune_forever
+from .routes import DirectRoutes
 from .runtime import Runtime
 from .settings import Settings
 from .transports.sse import sse_endpoint
 from .transports.subscription import Stream
-from .transports.ws import WebSocketRoutes
 
 log = logging.getLogger("pgpulse")
 
@@ -172,7 +172,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(notifications.router)
     app.include_router(events.router)
     app.include_router(health.router)
-    app.add_middleware(WebSocketRoutes)  # /ws and /ws/notifications
+    app.add_middleware(DirectRoutes)  # /ws, /ws/notifications, POST /api/events
     app.add_api_route("/sse", sse_endpoint, methods=["GET"])
 
     @app.exception_handler(RequestValidationError)
@@ -184,7 +184,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
         log.warning("database unavailable for %s %s: %s", request.method, request.url.path, exc)
         return JSONResponse(
-            {"detail": "database unavailable; retry later"},
+            {"detail": DATABASE_UNAVAILABLE},
             status_code=503,
             headers={"Retry-After": "1"},
         )

@@ -116,9 +116,10 @@ async def test_cors_only_for_configured_origins(database_url: str, tmp_path: obj
 
     assert isinstance(tmp_path, Path)
     preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
-    async with start_server(
-        database_url, tmp_path, allowed_origins=["https://app.example"]
-    ) as srv, srv.http() as http:
+    async with (
+        start_server(database_url, tmp_path, allowed_origins=["https://app.example"]) as srv,
+        srv.http() as http,
+    ):
         r = await http.options("/api/events", headers=preflight)
         assert r.headers.get("access-control-allow-origin") == "https://app.example"
         r = await http.options(

@@ -95,3 +95,44 @@ async def test_bad_shapes_get_422_naming_the_field(server: ServerHandle, tenant:
         r = await http.post("/api/events", content=b'{"type": "t", "data": }', headers=auth)
         assert r.status_code == 422 and "not valid JSON" in r.json()["detail"]
     assert await stored(server.runtime.database_url, tenant) == 0
+
+
+async def test_browser_and_service_publishes_get_the_same_answers(
+    database_url: str, tmp_path: Path, tenant: str
+) -> None:
+    """A request with an ``Origin`` goes through the app (for CORS), one without is
+    served ahead of it: both must answer alike, case by case."""
+    origin = "https://app.example"
+    publisher = {"Authorization": f"Bearer {mint(tenant, scopes=['publish'])}"}
+    reader = {"Authorization": f"Bearer {mint(tenant)}"}
+    cases: list[tuple[dict[str, str], bytes]] = [
+        (publisher, b'{"type": "t", "data": {"n": 1}}'),
+        ({}, b'{"type": "t", "data": {}}'),
+        ({"Authorization": "Basic abc"}, b'{"type": "t", "data": {}}'),
+        ({"Authorization": "Bearer not-a-jwt"}, b'{"type": "t", "data": {}}'),
+        (reader, b'{"type": "t", "data": {}}'),
+        (publisher, b'{"type": "t", "data": '),
+        (publisher, b'{"data": {}, "extra": 1}'),
+        (publisher, b'{"type": "t", "data": "' + b"x" * 5000 + b'"}'),
+    ]
+    async with (
+        start_server(
+            database_url, tmp_path, allowed_origins=[origin], max_payload_bytes=4096
+        ) as srv,
+        srv.http() as http,
+    ):
+        answers = []
+        for headers, body in cases:
+            pair = []
+            for extra in ({}, {"Origin": origin}):
+                r = await http.post("/api/events", content=body, headers={**headers, **extra})
+                pair.append((r.status_code, r.json(), r.headers.get("www-authenticate")))
+                assert ("access-control-allow-origin" in r.headers) == bool(extra)
+            service, browser = pair
+            if service[0] == 201:  # each stored its own event
+                assert browser[1]["event_id"] == service[1]["event_id"] + 1
+                browser = (browser[0], service[1], browser[2])
+            assert service == browser, (headers, body[:40])
+            answers.append(service[0])
+        assert answers == [201, 401, 401, 401, 403, 422, 422, 413]
+    assert await stored(srv.runtime.database_url, tenant) == 2

@@ -14,6 +14,8 @@ from ..errors import AuthError
 from ..events import is_name
 from ..runtime import Runtime
 
+DATABASE_UNAVAILABLE = "database unavailable; retry later"  # 503's detail, with Retry-After
+
 
 def get_runtime(conn: HTTPConnection) -> Runtime:
     runtime: Runtime = conn.app.state.runtime

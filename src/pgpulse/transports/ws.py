@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable
 
 import orjson
-from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from ..api.deps import authenticate, get_runtime
@@ -154,30 +153,3 @@ def _answer(text: str | None, data: bytes | None) -> str:
     if frame["op"] == "ping":
         return control("pong")
     return control("error", message=f"unknown op {frame['op'][:40]!r}; known: ping")
-
-
-WS_PATHS = frozenset({"/ws", "/ws/notifications"})
-
-
-class WebSocketRoutes:
-    """Serves ``/ws`` and ``/ws/notifications`` ahead of FastAPI's routing.
-
-    A WebSocket lives for hours, and every layer of routing, dependency and
-    exception handling it passes through keeps a coroutine frame alive for all
-    that time: about 5 KiB per connection in FastAPI's stack, none of which
-    these endpoints use. Everything else goes on to the app.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket":
-            path: str = scope["path"]
-            root: str = scope.get("root_path", "")
-            if root and path.startswith(root):
-                path = path[len(root) :]
-            if path in WS_PATHS:
-                await websocket_endpoint(WebSocket(scope, receive, send))
-                return
-        await self.app(scope, receive, send)
