@@ -173,13 +173,19 @@ class BatchPublisher:
             self._active -= 1
 
     async def _write(self, events: list[NewEvent]) -> list[int]:
-        params: Mapping[str, Any] = {
-            "tenant_ids": [e.tenant_id for e in events],
-            "topics": [e.topic for e in events],
-            "types": [e.type for e in events],
-            "datas": [e.data_json for e in events],
-            "user_ids": [e.user_id for e in events],
-        }
+        batch = orjson.dumps(
+            [
+                {
+                    "tenant_id": e.tenant_id,
+                    "topic": e.topic,
+                    "type": e.type,
+                    "data": orjson.Fragment(e.data_json),
+                    "user_id": e.user_id,
+                }
+                for e in events
+            ]
+        )
+        params: Mapping[str, Any] = {"batch": batch.decode()}
         async with self._pool.connection() as conn:
             cur = await conn.execute(QUERIES["publish_many"], params)
             row = await cur.fetchone()

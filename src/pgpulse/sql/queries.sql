@@ -7,9 +7,19 @@ SELECT pgpulse.publish(%(tenant_id)s, %(topic)s, %(type)s, %(data)s::jsonb, %(us
 
 -- name: publish_many
 -- Publish a batch of events in one statement; ids come back in input order.
+-- The batch travels as one JSON array of {tenant_id, topic, type, data,
+-- user_id} objects: encoding it is one C call on the client, where five
+-- arrays of quoted literals cost several microseconds an event to build.
 SELECT pgpulse.publish_many(
-    %(tenant_ids)s::text[], %(topics)s::text[], %(types)s::text[],
-    %(datas)s::jsonb[], %(user_ids)s::text[]);
+    coalesce(array_agg(b.tenant_id ORDER BY b.ord), '{}'),
+    coalesce(array_agg(b.topic ORDER BY b.ord), '{}'),
+    coalesce(array_agg(b.type ORDER BY b.ord), '{}'),
+    coalesce(array_agg(b.data ORDER BY b.ord), '{}'),
+    coalesce(array_agg(b.user_id ORDER BY b.ord), '{}'))
+FROM ROWS FROM (
+    jsonb_to_recordset(%(batch)s::jsonb)
+        AS (tenant_id text, topic text, type text, data jsonb, user_id text)
+) WITH ORDINALITY AS b(tenant_id, topic, type, data, user_id, ord);
 
 -- name: fetch_after
 -- The listener's read: each tenant's events after its cursor, in id order.
