@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import warnings
+import weakref
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -26,6 +28,7 @@ APP_NAME = "pgpulse"
 LISTENER_APP_NAME = "pgpulse-listener"
 CONNECT_TIMEOUT = 5  # seconds
 POOL_TIMEOUT = 5.0  # seconds a request waits for a pooled connection before 503
+CHECK_AFTER_IDLE = 1.0  # seconds in the pool after which a connection is probed before use
 
 # TCP keepalives find a peer that vanished without a FIN (a dead host or
 # network): idle 10 s, then probes every 5 s, dropped after 3 unanswered.
@@ -77,13 +80,36 @@ async def open_pool(url: str, min_size: int = 1, max_size: int = 10) -> AsyncCon
         min_size=min_size,
         max_size=max_size,
         kwargs=connect_kwargs(APP_NAME),
-        check=AsyncConnectionPool.check_connection,
+        check=_check_if_idle,
+        reset=_mark_returned,
         open=False,
         name="pgpulse",
         timeout=POOL_TIMEOUT,
     )
     await pool.open(wait=True, timeout=CONNECT_TIMEOUT * 2)
     return pool
+
+
+_returned: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], float] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def _mark_returned(conn: psycopg.AsyncConnection[Any]) -> None:
+    _returned[conn] = time.monotonic()
+
+
+async def _check_if_idle(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Probe a pooled connection before use unless it was in use a moment ago.
+
+    A probe is a round trip: two of them (the publish and the listener's
+    read) were a tenth of a lone event's latency. A connection returned
+    within :data:`CHECK_AFTER_IDLE` is taken as it is; if the server went away
+    in that moment the query fails once, which the listener retries and HTTP
+    answers with 503 and ``Retry-After``, as for any outage.
+    """
+    if time.monotonic() - _returned.get(conn, 0.0) > CHECK_AFTER_IDLE:
+        await AsyncConnectionPool.check_connection(conn)
 
 
 def _unavailable(url: str, exc: BaseException) -> str:
