@@ -104,12 +104,22 @@ async def _check_if_idle(conn: psycopg.AsyncConnection[Any]) -> None:
 
     A probe is a round trip: two of them (the publish and the listener's
     read) were a tenth of a lone event's latency. A connection returned
-    within :data:`CHECK_AFTER_IDLE` is taken as it is; if the server went away
-    in that moment the query fails once, which the listener retries and HTTP
-    answers with 503 and ``Retry-After``, as for any outage.
+    within :data:`CHECK_AFTER_IDLE` is taken as it is, unless the listener
+    has since seen the server go away (:func:`distrust_idle_connections`).
+    A connection killed alone in that moment fails its query once, which the
+    listener retries and HTTP answers with 503 and ``Retry-After``.
     """
     if time.monotonic() - _returned.get(conn, 0.0) > CHECK_AFTER_IDLE:
         await AsyncConnectionPool.check_connection(conn)
+
+
+def distrust_idle_connections() -> None:
+    """Probe every pooled connection at its next use: the server may have restarted.
+
+    The listener calls this when its own connection is lost, which is how a
+    restart or failover shows first.
+    """
+    _returned.clear()
 
 
 def _unavailable(url: str, exc: BaseException) -> str:

@@ -137,6 +137,7 @@ class Listener:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any failure means: reconnect
+                db.distrust_idle_connections()
                 if self.connected:
                     log.warning("LISTEN connection lost: %s", _first_line(exc))
                 else:
