@@ -1,4 +1,4 @@
-"""The readable table and the targets of issue 6, from a run's JSON results."""
+"""The readable table, and the targets of docs/performance.md, from a run's JSON results."""
 
 from __future__ import annotations
 

@@ -315,7 +315,7 @@ async def s6_slow_consumer(ctx: Context) -> dict[str, Any]:
     tenants = [f"s6-t{i}" for i in range(z.s6_tenants)]
     env = ctx.target.queue_env(z.s6_queue_max_events)
     async with running(ctx, env) as run:
-        run.publisher.pad = "x" * z.s6_pad
+        run.publisher.pad = run.publisher.make_pad(z.s6_pad)
         await _open(ctx, run, _specs(ctx.target, tenants, z.s6_sockets))
         stall = await run.receivers.ask_one(
             0, "stall", HOST, ctx.port, ctx.target.ws_target(tenants[0]), ctx.target.wait_ready,
