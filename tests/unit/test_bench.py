@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import zlib
 
 import orjson
 
@@ -72,3 +73,42 @@ def test_s6_rows_show_the_stalled_socket_without_a_ratio() -> None:
     assert closed["pgpulse"] == "yes (1013)" and closed["ratio"] is None
     text = report.table(rows, with_baseline=True)
     assert "yes (1013)" in text and "S6" in text
+
+
+def test_s2_target_is_not_judged_when_the_steps_stop_short() -> None:
+    def s2_met(steps: list[int], ours: int, theirs: int) -> bool | None:
+        results = {
+            "pgpulse": {"s2": {"sizes": {"steps": steps}, "highest_step_held": ours}},
+            "baseline": {"s2": {"sizes": {"steps": steps}, "highest_step_held": theirs}},
+        }
+        [row] = [r for r in report.comparison(results) if r["scenario"] == "s2"]
+        met: bool | None = row["met"]
+        return met
+
+    assert s2_met([5, 20, 50], 50, 5) is None  # --quick: every step held
+    assert s2_met([5, 20, 50, 100, 200], 50, 5) is False
+    assert s2_met([5, 20, 50, 100, 200], 200, 20) is False  # 10x only
+    assert s2_met([5, 20, 50, 100, 200], 200, 5) is True
+
+
+async def test_client_offers_deflate_and_inflates_compressed_messages() -> None:
+    got: list[bytes] = []
+    client = wsclient.WsClient("127.0.0.1", 1, "/ws", lambda _c, p: got.append(p))
+    assert b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits" in (
+        client._request
+    )
+    messages = [orjson.dumps({"id": i, "data": {"pad": "abc" * 50}}) for i in (1, 2)]
+    deflate = zlib.compressobj(wbits=-zlib.MAX_WBITS)  # one window kept across messages
+    stream = (
+        b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n"
+    )
+    for message in messages:
+        body = deflate.compress(message) + deflate.flush(zlib.Z_SYNC_FLUSH)
+        assert body.endswith(wsclient.DEFLATE_TAIL)
+        frame = _server_frame(1, body[: -len(wsclient.DEFLATE_TAIL)])
+        stream += bytes([frame[0] | wsclient.RSV1]) + frame[1:]
+    stream += _server_frame(1, b'{"plain": true}')  # uncompressed is allowed too
+    for i in range(0, len(stream), 5):
+        client.data_received(stream[i : i + 5])
+    assert client.deflate and got == [*messages, b'{"plain": true}']
+    await asyncio.sleep(0)
