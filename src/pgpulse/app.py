@@ -28,7 +28,7 @@ from psycopg_pool import PoolTimeout
 
 from . import db
 from .api import events, health, notifications
-from .api.deps import DATABASE_UNAVAILABLE, describe_errors
+from .api.deps import database_unavailable, describe_errors
 from .auth import Verifier
 from .history import History
 from .hub import Hub
@@ -160,6 +160,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 embedded.stop()
 
     app = FastAPI(title="pgpulse", lifespan=lifespan)
+    # Added first, so that CORS (added next) wraps it: the routes it serves
+    # ahead of the app get the same cross-origin answers as the app's own.
+    app.add_middleware(DirectRoutes)  # /ws, /ws/notifications, POST /api/events
     if settings.allowed_origins:
         # Browsers on other origins may call the HTTP API; tokens travel in the
         # Authorization header, never in cookies, so credentials stay off.
@@ -172,7 +175,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(notifications.router)
     app.include_router(events.router)
     app.include_router(health.router)
-    app.add_middleware(DirectRoutes)  # /ws, /ws/notifications, POST /api/events
     app.add_api_route("/sse", sse_endpoint, methods=["GET"])
 
     @app.exception_handler(RequestValidationError)
@@ -182,11 +184,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(OperationalError)
     @app.exception_handler(PoolTimeout)
     async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
-        log.warning("database unavailable for %s %s: %s", request.method, request.url.path, exc)
-        return JSONResponse(
-            {"detail": DATABASE_UNAVAILABLE},
-            status_code=503,
-            headers={"Retry-After": "1"},
-        )
+        return database_unavailable(request.method, request.url.path, exc)
 
     return app

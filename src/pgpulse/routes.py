@@ -6,11 +6,10 @@ a coroutine frame alive for all that time: about 5 KiB per connection in
 FastAPI's stack, none of which these endpoints use.
 
 ``POST /api/events`` is the hot path of publishing from other services;
-FastAPI's layers cost it about as much CPU as the publish itself. It is
-served here unless a browser calls it cross-origin (an ``Origin`` header
-while CORS is configured): those requests go through the app, whose CORS
-middleware answers them. Both paths share one implementation
-(:func:`pgpulse.api.events.publish_request`) and return the same responses.
+FastAPI's layers cost it about as much CPU as the publish itself. The route
+the app declares for it (:func:`pgpulse.api.events.publish_event`) shares its
+implementation and gives the OpenAPI description. CORS, when configured,
+wraps this middleware, so cross-origin callers get the same answers here.
 
 Everything else, including the OpenAPI description of these routes, is the
 app's.
@@ -34,23 +33,16 @@ class DirectRoutes:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind == "websocket" or kind == "http":
-            path: str = scope["path"]
-            root: str = scope.get("root_path", "")
-            if root and path.startswith(root):
-                path = path[len(root) :]
-            if kind == "websocket":
-                if path in WS_PATHS:
-                    await websocket_endpoint(WebSocket(scope, receive, send))
-                    return
-            elif path == PUBLISH_PATH and scope["method"] == "POST" and _same_origin(scope):
-                await publish_event_asgi(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        if kind == "websocket" and _path(scope) in WS_PATHS:
+            await websocket_endpoint(WebSocket(scope, receive, send))
+        elif kind == "http" and scope["method"] == "POST" and _path(scope) == PUBLISH_PATH:
+            await publish_event_asgi(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
 
 
-def _same_origin(scope: Scope) -> bool:
-    """Whether CORS has nothing to add: no CORS configured, or no ``Origin`` header."""
-    if not scope["app"].state.runtime.settings.allowed_origins:
-        return True
-    return not any(name == b"origin" for name, _ in scope["headers"])
+def _path(scope: Scope) -> str:
+    """The request path within the app (without a mount's ``root_path``)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path

@@ -100,8 +100,8 @@ async def test_bad_shapes_get_422_naming_the_field(server: ServerHandle, tenant:
 async def test_browser_and_service_publishes_get_the_same_answers(
     database_url: str, tmp_path: Path, tenant: str
 ) -> None:
-    """A request with an ``Origin`` goes through the app (for CORS), one without is
-    served ahead of it: both must answer alike, case by case."""
+    """The direct route sits inside the CORS layer: a browser's cross-origin request
+    gets the same answers as a service's, plus the CORS headers, case by case."""
     origin = "https://app.example"
     publisher = {"Authorization": f"Bearer {mint(tenant, scopes=['publish'])}"}
     reader = {"Authorization": f"Bearer {mint(tenant)}"}

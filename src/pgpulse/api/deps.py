@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Any
 
 import orjson
 from fastapi import Depends, HTTPException, Request
+from fastapi.responses import JSONResponse
 from starlette.requests import HTTPConnection
 
 from ..auth import Principal
@@ -14,7 +16,7 @@ from ..errors import AuthError
 from ..events import is_name
 from ..runtime import Runtime
 
-DATABASE_UNAVAILABLE = "database unavailable; retry later"  # 503's detail, with Retry-After
+log = logging.getLogger("pgpulse")
 
 
 def get_runtime(conn: HTTPConnection) -> Runtime:
@@ -65,6 +67,16 @@ async def _principal(request: Request) -> Principal:
 
 RuntimeDep = Annotated[Runtime, Depends(_runtime)]
 PrincipalDep = Annotated[Principal, Depends(_principal)]
+
+
+def database_unavailable(method: str, path: str, exc: Exception) -> JSONResponse:
+    """503 with ``Retry-After`` for a request that found PostgreSQL unreachable."""
+    log.warning("database unavailable for %s %s: %s", method, path, exc)
+    return JSONResponse(
+        {"detail": "database unavailable; retry later"},
+        status_code=503,
+        headers={"Retry-After": "1"},
+    )
 
 
 def describe_errors(errors: Iterable[Mapping[str, Any]]) -> str:

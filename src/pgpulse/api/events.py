@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
 from psycopg import OperationalError
 from psycopg_pool import PoolTimeout
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -18,16 +18,16 @@ from ..events import MAX_NAME_LENGTH
 from ..publish import NewEvent
 from ..runtime import Runtime
 from .deps import (
-    DATABASE_UNAVAILABLE,
     PrincipalDep,
     RuntimeDep,
     authenticate,
+    database_unavailable,
     describe_errors,
     get_runtime,
     read_json,
 )
 
-log = logging.getLogger("pgpulse")
+JSON = "application/json"
 
 router = APIRouter()
 
@@ -57,9 +57,15 @@ class EventOut(BaseModel):
     },
 )
 async def publish_event(request: Request, runtime: RuntimeDep, principal: PrincipalDep) -> Response:
+    """The route as the app declares it, for its OpenAPI description.
+
+    :func:`pgpulse.app.create_app` puts :class:`pgpulse.routes.DirectRoutes`
+    in front, which serves every ``POST /api/events`` itself; this handler
+    shares its implementation so that the app alone would answer the same.
+    """
     event_id = await publish_request(request, runtime, principal)
     # A ready Response skips response_model's validate-and-encode (EventOut is for the docs).
-    return Response(orjson.dumps({"event_id": event_id}), 201, media_type="application/json")
+    return Response(orjson.dumps({"event_id": event_id}), 201, media_type=JSON)
 
 
 async def publish_request(request: Request, runtime: Runtime, principal: Principal) -> int:
@@ -96,21 +102,14 @@ async def publish_event_asgi(scope: Scope, receive: Receive, send: Send) -> None
     about as much CPU as the publish itself at thousands of requests a second.
     """
     request = Request(scope, receive)
-    runtime = get_runtime(request)
-    headers: dict[str, str] = {}
-    content: dict[str, Any]
+    response: Response
     try:
-        principal = authenticate(request)
-        status, content = 201, {"event_id": await publish_request(request, runtime, principal)}
+        event_id = await publish_request(request, get_runtime(request), authenticate(request))
+        response = Response(orjson.dumps({"event_id": event_id}), 201, media_type=JSON)
     except AuthError as exc:
-        status, content = 401, {"detail": str(exc)}
-        headers["WWW-Authenticate"] = "Bearer"
+        response = JSONResponse({"detail": str(exc)}, 401, {"WWW-Authenticate": "Bearer"})
     except HTTPException as exc:
-        status, content = exc.status_code, {"detail": exc.detail}
-        headers.update(exc.headers or {})
+        response = JSONResponse({"detail": exc.detail}, exc.status_code, exc.headers)
     except (OperationalError, PoolTimeout) as exc:
-        log.warning("database unavailable for POST %s: %s", scope["path"], exc)
-        status, content = 503, {"detail": DATABASE_UNAVAILABLE}
-        headers["Retry-After"] = "1"
-    response = Response(orjson.dumps(content), status, headers, "application/json")
+        response = database_unavailable("POST", scope["path"], exc)
     await response(scope, receive, send)
