@@ -86,11 +86,7 @@ class Subscription:
             return False
         return self.topics is None or event.topic in self.topics
 
-    def offer(self, event: Event) -> None:
-        """Queue one event; never blocks (see :meth:`offer_many`)."""
-        self.offer_many((event,), event.ws_bytes)
-
-    def offer_many(self, events: Sequence[Event], frames: bytes | None = None) -> None:
+    def offer(self, events: Sequence[Event], frames: bytes | None = None) -> None:
         """Queue events in id order; never blocks. Past the limit the queue is dropped
         and marked slow.
 
@@ -237,11 +233,11 @@ class Hub:
                 if everyone and subscription.topics is None:
                     if shared is None:
                         shared = b"".join([event.ws_bytes for event in batch])
-                    subscription.offer_many(batch, shared)
+                    subscription.offer(batch, shared)
                     queued += len(batch)
                 else:
                     wanted = [event for event in batch if subscription.wants(event)]
-                    subscription.offer_many(wanted)
+                    subscription.offer(wanted)
                     queued += len(wanted)
         return queued
 

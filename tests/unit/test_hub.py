@@ -45,8 +45,8 @@ async def test_cursor_skips_events_already_dispatched() -> None:
 
 async def test_position_drops_replayed_duplicates() -> None:
     s = Subscription("a")
-    s.offer(ev("a", 3))
-    s.offer(ev("a", 4))
+    s.offer([ev("a", 3)])
+    s.offer([ev("a", 4)])
     s.position = 3
     assert [e.id for e in await s.next_batch(0.1)] == [4]
 
@@ -54,7 +54,7 @@ async def test_position_drops_replayed_duplicates() -> None:
 async def test_overflow_marks_slow_and_frees_the_queue() -> None:
     s = Subscription("a", max_events=10)
     for i in range(1, 12):
-        s.offer(ev("a", i))
+        s.offer([ev("a", i)])
     assert s.overflowed and not s.queue
     with pytest.raises(SlowConsumer):
         await s.next_batch(0.1)
@@ -62,7 +62,7 @@ async def test_overflow_marks_slow_and_frees_the_queue() -> None:
 
 async def test_byte_limit() -> None:
     s = Subscription("a", max_bytes=64 * 1024)
-    s.offer(ev("a", 1, size=70 * 1024))
+    s.offer([ev("a", 1, size=70 * 1024)])
     assert s.overflowed
 
 
@@ -85,20 +85,20 @@ async def test_direct_path_keeps_order_behind_queue_and_batch() -> None:
     e = {i: ev("a", i) for i in range(1, 6)}
     s = Subscription("a")
     s.direct = direct
-    s.offer(e[1])
+    s.offer([e[1]])
     assert written == [e[1].ws_bytes] and s.position == 1 and not s.queue
     writable = False
-    s.offer(e[2])  # backed up: queued
+    s.offer([e[2]])  # backed up: queued
     writable = True
-    s.offer(e[3])  # something is queued: must queue behind it
+    s.offer([e[3]])  # something is queued: must queue behind it
     assert len(written) == 1 and [x.id for x in s.queue] == [2, 3]
     batch = await s.next_batch(0.1)
     assert [x.id for x in batch] == [2, 3]
-    s.offer(e[4])  # the writer is still sending 2 and 3: queue
+    s.offer([e[4]])  # the writer is still sending 2 and 3: queue
     assert len(written) == 1 and [x.id for x in s.queue] == [4]
     assert [x.id for x in await s.next_batch(0.1)] == [4]
     assert await s.next_batch(0.01) == []  # the writer finished: direct again
-    s.offer(e[5])
+    s.offer([e[5]])
     assert written == [e[1].ws_bytes, e[5].ws_bytes] and s.position == 5
 
 

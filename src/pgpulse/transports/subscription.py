@@ -39,7 +39,7 @@ class Stream:
         """Events and control frames for one connection, until it is closed.
 
         ``direct``, when given, lets the hub write live events straight to the
-        socket once ``ready`` is out (see :meth:`Subscription.offer_many`).
+        socket once ``ready`` is out (see :meth:`Subscription.offer`).
         Raises :class:`pgpulse.hub.SlowConsumer` when the connection falls behind.
         """
         start = await self.history.start(subscription.tenant_id, resume_from)
