@@ -85,6 +85,9 @@ class Run:
     meter: Meter
     publisher: Publisher
 
+    def server_rss_mb(self) -> float:
+        return round(tree_rss(self.server.pid) / 2**20, 1)
+
 
 @contextlib.asynccontextmanager
 async def running(ctx: Context, extra_env: dict[str, str] | None = None) -> AsyncIterator[Run]:
@@ -169,13 +172,13 @@ async def s1_many_tenants(ctx: Context) -> dict[str, Any]:
         stats = await run.publisher.open_loop(tenants, z.s1_rate, z.s1_seconds)
         got = await _deliver(ctx, run, stats, z.s1_sockets)
         usage = run.meter.stop()
-        rss = tree_rss(run.server.pid)
+        rss_mb = run.server_rss_mb()
     return {
         "sizes": {"tenants": z.s1_tenants, "sockets_per_tenant": z.s1_sockets,
                   "rate": z.s1_rate, "seconds": z.s1_seconds},
         "publish": stats.as_dict(),
         "delivery": got,
-        "usage": {**usage, "server_rss_mb": round(rss / 2**20, 1)},
+        "usage": {**usage, "server_rss_mb": rss_mb},
     }  # fmt: skip
 
 
@@ -205,13 +208,13 @@ async def s2_broadcast(ctx: Context) -> dict[str, Any]:
             if not ok:
                 break
             held = rate
-        rss = tree_rss(run.server.pid)
+        rss_mb = run.server_rss_mb()
     return {
         "sizes": {"sockets": z.s2_sockets, "steps": list(z.s2_steps), "seconds": z.s2_seconds},
         "open_s": round(opened["seconds"], 2),
         "highest_step_held": held,
         "steps": steps,
-        "usage": {"server_rss_mb": round(rss / 2**20, 1)},
+        "usage": {"server_rss_mb": rss_mb},
     }
 
 
@@ -226,14 +229,14 @@ async def s3_throughput(ctx: Context) -> dict[str, Any]:
         got = await _deliver(ctx, run, stats, z.s3_sockets)
         elapsed = time.monotonic() - start
         usage = run.meter.stop()
-        rss = tree_rss(run.server.pid)
+        rss_mb = run.server_rss_mb()
     return {
         "sizes": {"publishers": z.s3_publishers, "seconds": z.s3_seconds,
                   "tenants": z.s3_tenants, "sockets_per_tenant": z.s3_sockets},
         "publish": stats.as_dict(),
         "delivery": got,
         "deliveries_per_s": round(got["received"] / elapsed, 1),
-        "usage": {**usage, "server_rss_mb": round(rss / 2**20, 1)},
+        "usage": {**usage, "server_rss_mb": rss_mb},
     }  # fmt: skip
 
 
@@ -328,7 +331,7 @@ async def s6_slow_consumer(ctx: Context) -> dict[str, Any]:
         stats = await run.publisher.open_loop(tenants, z.s6_rate, z.s6_seconds)
         got = await _deliver(ctx, run, stats, z.s6_sockets)
         usage = run.meter.stop()
-        rss = tree_rss(run.server.pid)
+        rss_mb = run.server_rss_mb()
         # Only now read the stalled socket again: a close frame waits behind its backlog.
         end = await run.receivers.ask_one(0, "unstall", STALL_CHECK)
     code = end["close_code"]
@@ -347,7 +350,7 @@ async def s6_slow_consumer(ctx: Context) -> dict[str, Any]:
             "closed": f"yes ({code})" if code is not None else "no",
             "frames_after_resume": end["frames"],
         },
-        "usage": {**usage, "server_rss_mb": round(rss / 2**20, 1)},
+        "usage": {**usage, "server_rss_mb": rss_mb},
     }  # fmt: skip
 
 
