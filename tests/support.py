@@ -183,41 +183,23 @@ def serve_env(database_url: str, data_dir: Path, **settings: object) -> dict[str
     return env
 
 
-class ServerProcess:
-    """``pgpulse serve`` as a child process, stopped by its pid.
+class PgpulseProcess:
+    """A ``pgpulse`` command as a child process, stopped by its pid.
 
-    Its output goes to a file, not a pipe: a chatty server must never block on
-    a pipe nobody reads.
+    Its output goes to a file, not a pipe: a chatty process must never block
+    on a pipe nobody reads.
     """
 
-    def __init__(self, args: list[str], env: dict[str, str], port: int) -> None:
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
         self._log = tempfile.TemporaryFile()
         weakref.finalize(self, self._log.close)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pgpulse", "serve", "--port", str(port), *args],
+            [sys.executable, "-m", "pgpulse", *args],
             env={**os.environ, **env},
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-
-    def ws_url(self, token: str) -> str:
-        return self.url.replace("http://", "ws://") + f"/ws?token={token}"
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited {self.proc.returncode}:\n{self.output()}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"server on {self.port} not ready after {timeout} s")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
         if self.proc.poll() is None:
@@ -235,3 +217,28 @@ class ServerProcess:
 
     def close(self) -> None:
         self._log.close()
+
+
+class ServerProcess(PgpulseProcess):
+    """``pgpulse serve`` on a given loopback port."""
+
+    def __init__(self, args: list[str], env: dict[str, str], port: int) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        super().__init__(["serve", "--port", str(port), *args], env)
+
+    def ws_url(self, token: str) -> str:
+        return self.url.replace("http://", "ws://") + f"/ws?token={token}"
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited {self.proc.returncode}:\n{self.output()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"server on {self.port} not ready after {timeout} s")

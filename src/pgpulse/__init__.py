@@ -2,7 +2,8 @@
 
 The public API is what ``__all__`` lists; every other module is internal.
 The server is :func:`pgpulse.app.create_app` (and ``pgpulse serve``); the
-Python client is :class:`pgpulse.client.Client`.
+Python client is :class:`pgpulse.client.Client`; jobs run in a :class:`Worker`
+(``pgpulse worker``).
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ from .errors import (
     DatabaseUnavailable,
     ForbiddenTopic,
     InvalidEvent,
+    InvalidJob,
     PgpulseError,
     TrackError,
 )
 from .events import Event
+from .jobs import submit_job
 from .publish import publish
+from .worker import Job, JobLost, Worker
 
 __version__ = "0.1.0"
 
@@ -29,8 +33,13 @@ __all__ = [
     "Event",
     "ForbiddenTopic",
     "InvalidEvent",
+    "InvalidJob",
+    "Job",
+    "JobLost",
     "PgpulseError",
     "TrackError",
+    "Worker",
     "__version__",
     "publish",
+    "submit_job",
 ]

@@ -10,7 +10,7 @@ import re
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -208,6 +208,78 @@ def _run_uvicorn(config: Any) -> bool:
 
 def _exit_quietly(signum: int, frame: object) -> None:
     raise SystemExit(0)
+
+
+@cli.command()
+def worker(
+    app: Annotated[
+        str | None,
+        typer.Option(
+            help="Handlers as module:attribute, a pgpulse Worker or a dict of kind to handler "
+            "[default: the built-in kinds echo and sleep]."
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, max=1000, help="Jobs run at once [default: 4].")
+    ] = None,
+    data_dir: DataDir = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Run jobs submitted with POST /api/jobs, publishing their progress and results."""
+    from .worker import BUILTIN_HANDLERS, Worker
+
+    settings = load_settings(data_dir=data_dir)
+    target = _load_handlers(app) if app else BUILTIN_HANDLERS
+    if not isinstance(target, Worker | Mapping):
+        fail(
+            f"--app {app}: a pgpulse Worker or a dict of kind to handler, not a "
+            f"{type(target).__name__}",
+            2,
+        )
+    try:
+        if isinstance(target, Worker):
+            job_worker = target
+            if concurrency is not None:
+                job_worker.concurrency = concurrency
+        else:
+            job_worker = Worker(target, concurrency=concurrency or 4)
+    except (TypeError, ValueError) as exc:
+        fail(f"--app {app}: {exc}", 2)
+    if not job_worker.handlers:
+        fail(f"--app {app}: no handlers to run", 2)
+    logging.basicConfig(level=log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
+
+    async def go(url: str) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        err.print(
+            f"pgpulse worker {job_worker.name}: kinds {', '.join(job_worker.kinds)}",
+            highlight=False,
+        )
+        await job_worker.run(url, stop)
+
+    with database(settings) as url:
+        run(go(url))
+
+
+def _load_handlers(spec: str) -> Any:
+    """``module:attribute`` imported as uvicorn does, from the current folder first."""
+    import importlib
+
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        fail(f"--app must look like module:attribute, got {spec!r}", 2)
+    sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        fail(f"--app {spec}: cannot import {module_name}: {exc}", 2)
+    try:
+        return getattr(module, attribute)
+    except AttributeError:
+        fail(f"--app {spec}: {module_name} has no attribute {attribute!r}", 2)
 
 
 @cli.command("migrate")

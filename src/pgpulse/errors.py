@@ -37,3 +37,7 @@ class InvalidEvent(PgpulseError):
 
 class TrackError(PgpulseError):
     """the table cannot be tracked."""
+
+
+class InvalidJob(PgpulseError):
+    """the job is not valid."""

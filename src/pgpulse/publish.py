@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import psycopg
 
-from .errors import InvalidEvent
+from .errors import InvalidEvent, PgpulseError
 from .events import MAX_NAME_LENGTH, is_name
 from .sql import QUERIES
 
@@ -55,18 +55,12 @@ class NewEvent:
         user_id: str | None = None,
     ) -> NewEvent:
         """Check names and encode ``data``, with errors that say which field is wrong."""
-        _check_name("tenant_id", tenant_id)
-        _check_name("topic", topic)
-        _check_name("type", type)
+        check_name("tenant_id", tenant_id)
+        check_name("topic", topic)
+        check_name("type", type)
         if user_id is not None:
-            _check_name("user_id", user_id)
-        try:
-            data_json = orjson.dumps(data).decode()
-        except TypeError as exc:
-            raise InvalidEvent(f"data is not JSON-serialisable: {exc}") from None
-        if "\\u0000" in data_json:
-            raise InvalidEvent("data must not contain NUL characters (jsonb refuses them)")
-        return cls(tenant_id, topic, type, data_json, user_id)
+            check_name("user_id", user_id)
+        return cls(tenant_id, topic, type, encode_json("data", data), user_id)
 
     def params(self) -> dict[str, Any]:
         return {
@@ -78,15 +72,25 @@ class NewEvent:
         }
 
 
-def _check_name(field: str, value: object) -> None:
+def check_name(field: str, value: object, error: type[PgpulseError] = InvalidEvent) -> None:
+    """Refuse a name that pgpulse.events (or jobs) would refuse, saying which field."""
     if is_name(value):
         return
     if isinstance(value, str) and "\x00" in value:
-        raise InvalidEvent(f"{field} must not contain NUL characters")
+        raise error(f"{field} must not contain NUL characters")
     shown = f"{len(value)} characters" if isinstance(value, str) else type(value).__name__
-    raise InvalidEvent(
-        f"{field} must be a string of 1 to {MAX_NAME_LENGTH} characters, got {shown}"
-    )
+    raise error(f"{field} must be a string of 1 to {MAX_NAME_LENGTH} characters, got {shown}")
+
+
+def encode_json(field: str, value: Any, error: type[PgpulseError] = InvalidEvent) -> str:
+    """``value`` as JSON text that jsonb accepts, or ``error`` saying why not."""
+    try:
+        text = orjson.dumps(value).decode()
+    except TypeError as exc:
+        raise error(f"{field} is not JSON-serialisable: {exc}") from None
+    if "\\u0000" in text:
+        raise error(f"{field} must not contain NUL characters (jsonb refuses them)")
+    return text
 
 
 async def publish(
@@ -104,30 +108,38 @@ async def publish(
     connection in autocommit mode the event commits at once.
     """
     event = NewEvent.build(tenant_id, type, data, topic=topic, user_id=user_id)
+    return int(await scalar_in_transaction(conn, "publish", _SQLALCHEMY_PUBLISH, event.params()))
+
+
+async def scalar_in_transaction(
+    conn: Any, query: str, sqlalchemy_sql: str, params: Mapping[str, Any]
+) -> Any:
+    """Run one of pgpulse's functions in ``conn``'s transaction and return its value.
+
+    ``query`` names the psycopg form in ``queries.sql``; ``sqlalchemy_sql`` is
+    the same call with SQLAlchemy's ``:name`` parameters. This is how every
+    public function that joins the caller's transaction reaches the database.
+    """
     if isinstance(conn, psycopg.AsyncConnection):
-        cur = await conn.execute(QUERIES["publish"], event.params())
+        cur = await conn.execute(QUERIES[query], params)
         row = await cur.fetchone()
         assert row is not None
-        return int(row[0])
-    return await _publish_sqlalchemy(conn, event)
-
-
-async def _publish_sqlalchemy(conn: Any, event: NewEvent) -> int:
+        return row[0]
     try:
         from sqlalchemy import text
         from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
     except ImportError:
         raise TypeError(
-            f"pgpulse.publish takes a psycopg AsyncConnection or, with the 'sqlalchemy' extra, "
+            f"pgpulse takes a psycopg AsyncConnection or, with the 'sqlalchemy' extra, "
             f"an SQLAlchemy AsyncSession/AsyncConnection; got {type(conn).__name__}"
         ) from None
     if not isinstance(conn, AsyncSession | AsyncConnection):
         raise TypeError(
-            f"pgpulse.publish takes a psycopg AsyncConnection or an SQLAlchemy "
+            f"pgpulse takes a psycopg AsyncConnection or an SQLAlchemy "
             f"AsyncSession/AsyncConnection; got {type(conn).__name__}"
         )
-    result = await conn.execute(text(_SQLALCHEMY_PUBLISH), event.params())
-    return int(result.scalar_one())
+    result = await conn.execute(text(sqlalchemy_sql), params)
+    return result.scalar_one()
 
 
 class BatchPublisher:

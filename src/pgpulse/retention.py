@@ -1,9 +1,9 @@
-"""Retention: prune old events in small batches, without blocking publishers.
+"""Retention: prune old events and ended jobs in small batches, without blocking publishers.
 
-Pruning deletes event rows only; it never touches the tenant counter rows
-that publishers lock, so it never waits for a publisher or makes one wait.
-One server prunes at a time (a try-lock); the others skip the round.
-"""
+A job that ended before the horizon goes too, as its events did. Pruning
+deletes rows only; it never touches the tenant counter rows that publishers
+lock, so it never waits for a publisher or makes one wait. One server
+prunes at a time (a try-lock); the others skip the round."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ PRUNE_BATCH = 5000  # rows per DELETE, so each statement stays short
 
 
 async def prune(pool: AsyncConnectionPool, max_age: float, keep: int) -> int:
-    """Delete events older than ``max_age`` seconds or past a tenant's newest ``keep``."""
+    """Delete events older than ``max_age`` seconds or past a tenant's newest ``keep``,
+    and jobs that ended more than ``max_age`` seconds ago."""
     deleted = 0
     async with pool.connection() as conn:
         cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", [PRUNE_LOCK_KEY])
@@ -34,6 +35,7 @@ async def prune(pool: AsyncConnectionPool, max_age: float, keep: int) -> int:
             for name, params in (
                 ("prune_by_age", {"seconds": max_age, "batch": PRUNE_BATCH}),
                 ("prune_by_count", {"keep": keep, "batch": PRUNE_BATCH}),
+                ("prune_jobs", {"seconds": max_age, "batch": PRUNE_BATCH}),
             ):
                 while True:
                     cur = await conn.execute(QUERIES[name], params)
@@ -43,7 +45,7 @@ async def prune(pool: AsyncConnectionPool, max_age: float, keep: int) -> int:
         finally:
             await conn.execute("SELECT pg_advisory_unlock(%s)", [PRUNE_LOCK_KEY])
     if deleted:
-        log.info("pruned %d events", deleted)
+        log.info("pruned %d events and jobs", deleted)
     return deleted
 
 

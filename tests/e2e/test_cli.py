@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -13,6 +14,9 @@ import orjson
 import psycopg
 import websockets
 
+import pgpulse as pgpulse_api
+
+from ..jobs_support import job_row, until_status, worker_process
 from ..support import TIMEOUT, ServerProcess, free_port, recv, until_ready
 
 
@@ -94,3 +98,36 @@ def test_migrate_token_and_bad_arguments(database_url: str, tmp_path: Path) -> N
         result = pgpulse(*args, env=env)
         assert result.returncode == 2, (args, result.stderr)
         assert "Traceback" not in result.stderr and result.stderr.strip(), args
+
+
+async def test_worker_runs_the_builtin_kinds_and_stops_on_sigterm(
+    database_url: str, tenant: str
+) -> None:
+    worker = worker_process([], {"PGPULSE_DATABASE_URL": database_url})
+    try:
+        async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as c:
+            echo = await pgpulse_api.submit_job(c, tenant_id=tenant, kind="echo", input=[1, "a"])
+            nap = await pgpulse_api.submit_job(
+                c, tenant_id=tenant, kind="sleep", input={"seconds": 0.2, "steps": 2}
+            )
+        await until_status(database_url, echo, "succeeded", timeout=30)
+        await until_status(database_url, nap, "succeeded", timeout=30)
+        assert (await job_row(database_url, echo))["result"] == [1, "a"]
+        assert (await job_row(database_url, nap))["result"] == {"slept": 0.2, "steps": 2}
+        assert await asyncio.to_thread(worker.stop, signal.SIGTERM) == 0, worker.output()
+        assert "kinds echo, sleep" in worker.output()
+    finally:
+        worker.stop(signal.SIGKILL)
+
+
+def test_worker_refuses_a_bad_app_in_one_line(database_url: str) -> None:
+    env = {"PGPULSE_DATABASE_URL": database_url}
+    for app, message in [
+        ("nocolon", "--app must look like module:attribute"),
+        ("no_such_module_x:w", "cannot import no_such_module_x"),
+        ("pgpulse:no_such", "pgpulse has no attribute 'no_such'"),
+        ("pgpulse:__version__", "--app pgpulse:__version__: "),
+    ]:
+        result = pgpulse("worker", "--app", app, env=env)
+        assert result.returncode == 2, (app, result.stderr)
+        assert message in result.stderr and "Traceback" not in result.stderr

@@ -71,6 +71,17 @@ USING (
 ) AS old
 WHERE e.tenant_id = old.tenant_id AND e.id = old.id;
 
+-- name: prune_jobs
+-- Delete up to a batch of jobs that ended before the retention horizon.
+DELETE FROM pgpulse.jobs AS j
+USING (
+    SELECT id FROM pgpulse.jobs
+    WHERE status IN ('succeeded', 'failed')
+      AND finished_at < clock_timestamp() - make_interval(secs => %(seconds)s)
+    LIMIT %(batch)s
+) AS old
+WHERE j.id = old.id;
+
 -- name: insert_notification
 -- The seed's notification row; its event is published in the same transaction.
 INSERT INTO pgpulse.notifications (tenant_id, message) VALUES (%(tenant_id)s, %(message)s)
@@ -82,3 +93,40 @@ SELECT id, message, created_at FROM pgpulse.notifications
 WHERE tenant_id = %(tenant_id)s AND (%(before)s::bigint IS NULL OR id < %(before)s::bigint)
 ORDER BY id DESC
 LIMIT %(limit)s;
+
+-- name: submit_job
+-- Queue a job inside the caller's transaction; workers wake at commit.
+SELECT pgpulse.submit_job(%(tenant_id)s, %(kind)s, %(input)s::jsonb, %(user_id)s);
+
+-- name: get_job
+-- One job as its tenant (and, for a user's job, that user) may see it.
+SELECT id, kind, status, progress, input::text, result::text, error, attempts,
+       created_at, started_at, finished_at
+FROM pgpulse.jobs
+WHERE id = %(job_id)s AND tenant_id = %(tenant_id)s
+  AND (user_id IS NULL OR user_id = %(user_id)s);
+
+-- name: claim_jobs
+-- A worker's claim: up to n queued jobs of its kinds, each with its ai_job.started event.
+SELECT id, tenant_id, user_id, kind, input::text, attempts
+FROM pgpulse.claim_jobs(%(worker)s, %(kinds)s, %(n)s, %(lease)s);
+
+-- name: job_progress
+-- Record and publish a running job's progress; false if the worker lost the job.
+SELECT pgpulse.job_progress(%(job_id)s, %(worker)s, %(progress)s, %(message)s);
+
+-- name: finish_job
+-- A running job's end, succeeded (error NULL) or failed; false if the worker lost the job.
+SELECT pgpulse.finish_job(%(job_id)s, %(worker)s, %(result)s::jsonb, %(error)s);
+
+-- name: extend_leases
+-- Keep a worker's jobs leased to it; returns the ids it still holds.
+SELECT pgpulse.extend_leases(%(worker)s, %(job_ids)s::uuid[], %(lease)s);
+
+-- name: release_jobs
+-- A stopping worker's unfinished jobs, queued again for another worker.
+SELECT pgpulse.release_jobs(%(worker)s, %(job_ids)s::uuid[]);
+
+-- name: recover_jobs
+-- Jobs whose worker stopped renewing its lease: queued again, or failed.
+SELECT pgpulse.recover_jobs();

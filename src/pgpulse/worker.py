@@ -1,0 +1,419 @@
+"""The job worker: ``pgpulse worker`` claims jobs, runs their handlers, reports.
+
+A worker process holds one LISTEN connection (channel ``pgpulse_jobs``,
+woken at every submit's commit) and a small pool. Its loop claims as many
+queued jobs of its kinds as it has free slots, runs each handler as a task,
+and ends each job with ``pgpulse.finish_job``. The SQL functions publish
+every job event, so a worker never publishes by itself.
+
+Leases keep a job from being lost or run twice at once: the worker renews
+the leases of its running jobs every third of :attr:`Worker.lease`; a job
+whose lease ran out is taken back by ``pgpulse.recover_jobs`` (any worker
+calls it) and its late worker learns so at its next renewal or report, and
+abandons it. On SIGTERM the worker stops claiming, lets its jobs finish for
+a grace period, and gives back the rest, queued again at once.
+
+Handlers are ``async def handler(job: Job) -> result``; ``result`` is any
+JSON-serialisable value. An exception fails the job with its message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import math
+import os
+import random
+import socket
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from . import db
+from .errors import InvalidJob
+from .events import MAX_NAME_LENGTH, is_name
+from .migrate import migrate
+from .publish import encode_json
+from .sql import QUERIES
+
+log = logging.getLogger("pgpulse.worker")
+
+CHANNEL = "pgpulse_jobs"
+PROGRESS_INTERVAL = 0.1  # seconds: at most ten progress events a second per job
+MAX_ERROR_LENGTH = 2000  # characters of a failure's message kept in the job
+MAX_BACKOFF = 2.0  # seconds between attempts while the database is away
+
+Handler = Callable[["Job"], Awaitable[Any]]
+
+
+class JobLost(Exception):
+    """This worker no longer holds the job: its lease ran out and it was taken back."""
+
+
+class Job:
+    """One claimed job, as its handler sees it."""
+
+    def __init__(
+        self,
+        worker: Worker,
+        pool: AsyncConnectionPool,
+        row: tuple[Any, ...],
+    ) -> None:
+        self.id = str(row[0])
+        self.tenant_id: str = row[1]
+        self.user_id: str | None = row[2]
+        self.kind: str = row[3]
+        self.input: Any = orjson.loads(row[4])
+        self.attempt = int(row[5])
+        self._worker = worker
+        self._pool = pool
+        self._pending: tuple[float, str | None] | None = None
+        self._last_write = 0.0
+        self._flusher: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self.lost = False
+
+    async def progress(self, fraction: float, message: str | None = None) -> None:
+        """Report progress, from 0 to 1, as an ``ai_job.progress`` event.
+
+        Calls closer together than :data:`PROGRESS_INTERVAL` are folded: the
+        latest value is published when the interval is up, so a handler may
+        report as often as it likes. Raises :class:`JobLost` when the job was
+        taken back from this worker.
+        """
+        if not (isinstance(fraction, int | float) and math.isfinite(fraction)):
+            raise ValueError(f"progress must be a number from 0 to 1, got {fraction!r}")
+        if not 0 <= fraction <= 1:
+            raise ValueError(f"progress must be from 0 to 1, got {fraction}")
+        if self.lost:
+            raise JobLost(self.id)
+        self._pending = (float(fraction), message)
+        if self._flusher is not None and not self._flusher.done():
+            return  # the pending write will carry this value
+        wait = self._last_write + PROGRESS_INTERVAL - time.monotonic()
+        if wait > 0:
+            self._flusher = asyncio.get_running_loop().create_task(self._write_after(wait))
+            return
+        await self._write()
+        if self.lost:
+            raise JobLost(self.id)
+
+    async def _write_after(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        await self._write()
+
+    async def _write(self) -> None:
+        async with self._lock:
+            pending, self._pending = self._pending, None
+            if pending is None or self.lost:
+                return
+            self._last_write = time.monotonic()
+            try:
+                async with self._pool.connection() as conn:
+                    cur = await conn.execute(
+                        QUERIES["job_progress"],
+                        {
+                            "job_id": self.id,
+                            "worker": self._worker.name,
+                            "progress": pending[0],
+                            "message": pending[1],
+                        },
+                    )
+                    row = await cur.fetchone()
+            except (psycopg.OperationalError, PoolTimeout) as exc:
+                # Progress is advisory: the job goes on, and its end is retried.
+                log.warning("job %s: progress not recorded: %s", self.id, exc)
+                return
+            if row is None or not row[0]:
+                self._worker.lose(self)
+
+    def stop_reporting(self) -> None:
+        """Drop a progress write still waiting: the job's end supersedes it."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+
+
+class Worker:
+    """Runs handlers for jobs of their kinds, ``concurrency`` at a time.
+
+    ``handlers`` maps a job kind to its handler; :meth:`handler` adds one as
+    a decorator. ``lease`` is how long a job stays this worker's without a
+    renewal, so a crashed worker's jobs run again after at most that long.
+    """
+
+    def __init__(
+        self,
+        handlers: Mapping[str, Handler] | None = None,
+        *,
+        concurrency: int = 4,
+        lease: float = 30.0,
+        timeout: float = 3600.0,
+        poll_interval: float = 5.0,
+        grace: float = 10.0,
+        name: str | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        if lease <= 0 or timeout <= 0 or poll_interval <= 0 or grace < 0:
+            raise ValueError("lease, timeout and poll_interval must be positive")
+        self.handlers: dict[str, Handler] = {}
+        for kind, fn in (handlers or {}).items():
+            self.handler(kind)(fn)
+        self.concurrency = concurrency
+        self.lease = lease
+        self.timeout = timeout
+        self.poll_interval = poll_interval
+        self.grace = grace
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{random.randrange(16**4):04x}"
+        self._running: dict[str, tuple[Job, asyncio.Task[None]]] = {}
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self.jobs_done = 0
+
+    def handler(self, kind: str) -> Callable[[Handler], Handler]:
+        """Register the decorated coroutine function as the handler of ``kind``."""
+
+        if not is_name(kind):
+            raise ValueError(f"a job kind is a string of 1 to {MAX_NAME_LENGTH} characters")
+
+        def register(fn: Handler) -> Handler:
+            if not callable(fn):
+                raise TypeError(f"the handler of {kind!r} is not callable")
+            self.handlers[kind] = fn
+            return fn
+
+        return register
+
+    @property
+    def kinds(self) -> list[str]:
+        return sorted(self.handlers)
+
+    def lose(self, job: Job) -> None:
+        """Abandon ``job``: another worker has it now (called when a report finds so)."""
+        if job.lost:
+            return
+        job.lost = True
+        log.warning("job %s: lease lost; abandoning it", job.id)
+        entry = self._running.get(job.id)
+        if entry is not None:
+            entry[1].cancel()
+
+    async def run(self, url: str, stop: asyncio.Event | None = None) -> None:
+        """Work until ``stop`` is set; then finish or give back the jobs in hand."""
+        if not self.handlers:
+            raise InvalidJob("the worker has no handlers")
+        stop = stop or asyncio.Event()
+        await migrate(url)
+        pool = await db.open_pool(url, 1, self.concurrency + 2)
+        loop = asyncio.get_running_loop()
+        helpers = [
+            loop.create_task(self._listen_forever(url), name="pgpulse-worker-listen"),
+            loop.create_task(self._renew_forever(pool), name="pgpulse-worker-leases"),
+            loop.create_task(self._stop_on(stop), name="pgpulse-worker-stop"),
+        ]
+        kinds = ", ".join(self.kinds)
+        log.info("worker %s: kinds %s, concurrency %d", self.name, kinds, self.concurrency)
+        try:
+            await self._claim_forever(pool)
+            await self._drain(pool)
+        finally:
+            for task in helpers:
+                task.cancel()
+            for task in helpers:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await pool.close()
+
+    async def _stop_on(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self._stopping = True
+        self._wake.set()
+
+    async def _claim_forever(self, pool: AsyncConnectionPool) -> None:
+        backoff = 0.05
+        while not self._stopping:
+            self._wake.clear()
+            free = self.concurrency - len(self._running)
+            claimed = 0
+            if free > 0:
+                try:
+                    claimed = await self._claim(pool, free)
+                    backoff = 0.05
+                except (psycopg.OperationalError, PoolTimeout) as exc:
+                    log.warning("worker %s: cannot claim jobs: %s", self.name, exc)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF)
+                    continue
+            if claimed and claimed == free:
+                continue  # more may be queued; claim again once a slot frees
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+
+    async def _claim(self, pool: AsyncConnectionPool, n: int) -> int:
+        async with pool.connection() as conn:
+            cur = await conn.execute(
+                QUERIES["claim_jobs"],
+                {"worker": self.name, "kinds": self.kinds, "n": n, "lease": self.lease},
+            )
+            rows = await cur.fetchall()
+        for row in rows:
+            job = Job(self, pool, row)
+            task = asyncio.get_running_loop().create_task(self._run(job), name=f"job-{job.id}")
+            self._running[job.id] = (job, task)
+            task.add_done_callback(functools.partial(self._finished, job.id))
+        return len(rows)
+
+    def _finished(self, job_id: str, _task: asyncio.Task[None]) -> None:
+        self._running.pop(job_id, None)
+        self._wake.set()  # a slot is free
+
+    async def _run(self, job: Job) -> None:
+        log.info("job %s (%s, attempt %d) started", job.id, job.kind, job.attempt)
+        result_json: str | None = None
+        error: str | None = None
+        timer = asyncio.timeout(self.timeout)
+        try:
+            async with timer:
+                result = await self.handlers[job.kind](job)
+            result_json = encode_json("result", result, InvalidJob)
+        except JobLost:
+            return
+        except asyncio.CancelledError:
+            if job.lost:
+                return  # taken back; another worker runs it
+            raise  # shutting down: the job is given back
+        except InvalidJob as exc:  # the result would not encode
+            error = str(exc)
+        except Exception as exc:
+            if isinstance(exc, TimeoutError) and timer.expired():
+                error = f"timed out after {self.timeout:g} s"
+            else:
+                log.exception("job %s (%s) failed", job.id, job.kind)
+                error = describe_failure(exc)
+        finally:
+            job.stop_reporting()
+        await self._finish(job, result_json, error)
+
+    async def _finish(self, job: Job, result_json: str | None, error: str | None) -> None:
+        """Record the job's end, retrying while the database is away and the lease may hold."""
+        deadline = time.monotonic() + self.lease
+        backoff = 0.05
+        while True:
+            try:
+                async with job._pool.connection() as conn:
+                    cur = await conn.execute(
+                        QUERIES["finish_job"],
+                        {
+                            "job_id": job.id,
+                            "worker": self.name,
+                            "result": result_json,
+                            "error": error,
+                        },
+                    )
+                    row = await cur.fetchone()
+                break
+            except (psycopg.OperationalError, PoolTimeout) as exc:
+                if time.monotonic() + backoff > deadline:
+                    log.error("job %s: end not recorded, it will run again: %s", job.id, exc)
+                    return
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+        if row is None or not row[0]:
+            log.warning("job %s: taken back before it ended; its result is dropped", job.id)
+            return
+        self.jobs_done += 1
+        log.info("job %s (%s) %s", job.id, job.kind, "failed" if error else "succeeded")
+
+    async def _drain(self, pool: AsyncConnectionPool) -> None:
+        """Let running jobs end within the grace period, then give the rest back."""
+        if not self._running:
+            return
+        tasks = [task for _, task in self._running.values()]
+        log.info("worker %s: stopping; %d jobs running", self.name, len(tasks))
+        await asyncio.wait(tasks, timeout=self.grace)
+        unfinished = [job_id for job_id, (_, task) in self._running.items() if not task.done()]
+        for job_id in unfinished:
+            self._running[job_id][1].cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if unfinished:
+            try:
+                async with pool.connection() as conn:
+                    await conn.execute(
+                        QUERIES["release_jobs"], {"worker": self.name, "job_ids": unfinished}
+                    )
+                log.info("worker %s: gave back %d jobs", self.name, len(unfinished))
+            except (psycopg.OperationalError, PoolTimeout) as exc:
+                log.warning("worker %s: jobs not given back, their leases will: %s", self.name, exc)
+
+    async def _renew_forever(self, pool: AsyncConnectionPool) -> None:
+        """Renew the leases of running jobs and take back other workers' expired ones."""
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            try:
+                async with pool.connection() as conn:
+                    held_ids = list(self._running)
+                    if held_ids:
+                        cur = await conn.execute(
+                            QUERIES["extend_leases"],
+                            {"worker": self.name, "job_ids": held_ids, "lease": self.lease},
+                        )
+                        held = {str(row[0]) for row in await cur.fetchall()}
+                        for job_id in held_ids:
+                            entry = self._running.get(job_id)
+                            if job_id not in held and entry is not None:
+                                self.lose(entry[0])
+                    await conn.execute(QUERIES["recover_jobs"])
+            except (psycopg.OperationalError, PoolTimeout) as exc:
+                log.warning("worker %s: cannot renew leases: %s", self.name, exc)
+
+    async def _listen_forever(self, url: str) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                conn = await db.connect(url, db.LISTENER_APP_NAME)
+                async with conn:
+                    await conn.execute(f"LISTEN {CHANNEL}")
+                    backoff = 0.05
+                    self._wake.set()  # jobs queued while nobody listened
+                    async for _ in conn.notifies():
+                        self._wake.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("worker %s: LISTEN connection lost: %s", self.name, exc)
+            await asyncio.sleep(backoff * (1 + random.random()))
+            backoff = min(backoff * 2, MAX_BACKOFF)
+
+
+def describe_failure(exc: BaseException) -> str:
+    """A handler's exception as the job's ``error``: its type and message, bounded."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return text[:MAX_ERROR_LENGTH]
+
+
+async def echo(job: Job) -> Any:
+    """Built-in kind ``echo``: the result is the input."""
+    return job.input
+
+
+async def sleep(job: Job) -> Any:
+    """Built-in kind ``sleep``: ``{"seconds": s, "steps": n}``, reporting each step."""
+    spec = job.input if isinstance(job.input, dict) else {}
+    seconds = float(spec.get("seconds", 1.0))
+    steps = max(1, int(spec.get("steps", 10)))
+    if not 0 <= seconds <= 3600:
+        raise ValueError("seconds must be from 0 to 3600")
+    for step in range(1, steps + 1):
+        await asyncio.sleep(seconds / steps)
+        await job.progress(step / steps, f"step {step} of {steps}")
+    return {"slept": seconds, "steps": steps}
+
+
+BUILTIN_HANDLERS: dict[str, Handler] = {"echo": echo, "sleep": sleep}
+"""What ``pgpulse worker`` runs without ``--app``: kinds to try the pipeline with."""
