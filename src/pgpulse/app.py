@@ -27,7 +27,7 @@ from psycopg import OperationalError
 from psycopg_pool import PoolTimeout
 
 from . import db
-from .api import events, health, notifications
+from .api import events, health, jobs, notifications
 from .api.deps import database_unavailable, describe_errors
 from .auth import Verifier
 from .history import History
@@ -174,6 +174,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.include_router(notifications.router)
     app.include_router(events.router)
+    app.include_router(jobs.router)
     app.include_router(health.router)
     app.add_api_route("/sse", sse_endpoint, methods=["GET"])
 

@@ -37,6 +37,11 @@ class Metrics:
             "Times the LISTEN connection was re-established.",
             registry=self.registry,
         )
+        self.jobs_submitted = Counter(
+            "pgpulse_jobs_submitted",
+            "Jobs submitted through POST /api/jobs.",
+            registry=self.registry,
+        )
         self.publish_seconds = Histogram(
             "pgpulse_publish_seconds",
             "Time to store an HTTP publish durably.",

@@ -77,13 +77,17 @@ class Settings(BaseSettings):
     """Safety poll and liveness probe of the LISTEN connection."""
     shutdown_timeout: float = Field(default=5.0, gt=0)  # seconds
 
+    job_kinds: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Comma-separated job kinds ``POST /api/jobs`` accepts; empty accepts any kind
+    (a job of a kind no worker runs stays queued)."""
+
     topics_claim: str = "topics"
     allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """Comma-separated origins allowed to call the HTTP API from a browser (CORS)."""
 
-    @field_validator("allowed_origins", mode="before")
+    @field_validator("allowed_origins", "job_kinds", mode="before")
     @classmethod
-    def _split_origins(cls, value: object) -> object:
+    def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
         return value

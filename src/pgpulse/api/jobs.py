@@ -1,0 +1,83 @@
+"""``POST /api/jobs`` and ``GET /api/jobs/{job_id}``: submit long work, follow it.
+
+The job's events (topic ``ai_jobs``) reach the submitter's connections as
+the worker reports; this endpoint is for a client that (re)loads its view.
+A job submitted with a token that names a user (``sub``) is that user's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request, Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..errors import InvalidJob
+from ..events import MAX_NAME_LENGTH
+from ..jobs import JobState, get_job, parse_job_id, submit_job
+from .deps import PrincipalDep, RuntimeDep, describe_errors, read_json
+
+router = APIRouter()
+
+
+class JobIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str = Field(min_length=1, max_length=MAX_NAME_LENGTH)
+    input: Any = Field(default_factory=dict)
+
+
+class JobAccepted(BaseModel):
+    job_id: str
+
+
+@router.post(
+    "/api/jobs",
+    status_code=202,
+    response_model=JobAccepted,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": JobIn.model_json_schema()}},
+        }
+    },
+)
+async def create_job(
+    request: Request, response: Response, runtime: RuntimeDep, principal: PrincipalDep
+) -> JobAccepted:
+    body = await read_json(request, runtime.settings.max_payload_bytes)
+    try:
+        job_in = JobIn.model_validate(body)
+    except ValidationError as exc:
+        raise HTTPException(422, describe_errors(exc.errors())) from None
+    allowed = runtime.settings.job_kinds
+    if allowed and job_in.kind not in allowed:
+        raise HTTPException(
+            422, f"kind: unknown job kind {job_in.kind!r}; this server runs {', '.join(allowed)}"
+        )
+    try:
+        async with runtime.pool.connection() as conn:
+            job_id = await submit_job(
+                conn,
+                tenant_id=principal.tenant_id,
+                kind=job_in.kind,
+                input=job_in.input,
+                user_id=principal.user_id,
+            )
+    except InvalidJob as exc:
+        raise HTTPException(422, str(exc)) from None
+    runtime.metrics.jobs_submitted.inc()
+    response.headers["Location"] = f"/api/jobs/{job_id}"
+    return JobAccepted(job_id=job_id)
+
+
+@router.get("/api/jobs/{job_id}", response_model=JobState)
+async def read_job(job_id: str, runtime: RuntimeDep, principal: PrincipalDep) -> JobState:
+    parsed = parse_job_id(job_id)
+    job = None
+    if parsed is not None:
+        async with runtime.pool.connection() as conn:
+            job = await get_job(conn, parsed, principal.tenant_id, principal.user_id)
+    if job is None:
+        raise HTTPException(404, "job not found")
+    return job
