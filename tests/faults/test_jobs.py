@@ -1,4 +1,4 @@
-"""A worker killed mid-job: its lease runs out, another worker runs the job to the end."""
+"""Jobs under faults: a worker killed mid-job, PostgreSQL restarting under a worker."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import psycopg
 import pgpulse
 from pgpulse import Job, Worker
 
-from ..jobs_support import job_row, running, worker_process
+from ..jobs_support import job_row, running, until_status, worker_process
 from ..support import TIMEOUT, ServerHandle, events, mint
+from .conftest import PrivatePostgres
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -55,3 +56,38 @@ async def test_a_killed_workers_job_is_run_again_by_another(
     assert frames[-1]["data"] == {"job_id": job_id, "result": "finished by the second worker"}
     row = await job_row(url, job_id)
     assert (row["status"], row["attempts"]) == ("succeeded", 2)
+
+
+async def test_a_job_that_ends_during_an_outage_is_recorded_when_postgres_is_back(
+    private_pg: PrivatePostgres, private_database: str, tenant: str
+) -> None:
+    url = private_database
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def waits_for_the_test(job: Job) -> Any:
+        started.set()
+        await release.wait()
+        return job.input
+
+    worker = Worker({"wait": waits_for_the_test, "echo": echo}, poll_interval=0.5)
+    async with running(worker, url):
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as c:
+            during = await pgpulse.submit_job(c, tenant_id=tenant, kind="wait", input="first")
+        await asyncio.wait_for(started.wait(), TIMEOUT)
+        private_pg.stop()
+        try:
+            release.set()  # the handler ends while the database is down
+            await asyncio.sleep(0.5)  # let the first attempts to record it fail
+        finally:
+            private_pg.start()
+        await until_status(url, during, "succeeded", timeout=30)
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as c:
+            after = await pgpulse.submit_job(c, tenant_id=tenant, kind="echo", input="second")
+        await until_status(url, after, "succeeded", timeout=30)
+    assert (await job_row(url, during))["result"] == "first"
+    assert (await job_row(url, after))["result"] == "second"
+    assert worker.jobs_done == 2
+
+
+async def echo(job: Job) -> Any:
+    return job.input
