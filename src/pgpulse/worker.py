@@ -10,8 +10,10 @@ Leases keep a job from being lost or run twice at once: the worker renews
 the leases of its running jobs every third of :attr:`Worker.lease`; a job
 whose lease ran out is taken back by ``pgpulse.recover_jobs`` (any worker
 calls it) and its late worker learns so at its next renewal or report, and
-abandons it. On SIGTERM the worker stops claiming, lets its jobs finish for
-a grace period, and gives back the rest, queued again at once.
+abandons it: the handler is cancelled (or gets :class:`JobLost` from
+``progress``), and nothing it returns is recorded. On SIGTERM the worker
+stops claiming, lets its jobs finish for a grace period, and gives back the
+rest, queued again at once.
 
 Handlers are ``async def handler(job: Job) -> result``; ``result`` is any
 JSON-serialisable value. An exception fails the job with its message.
@@ -201,7 +203,8 @@ class Worker:
         job.lost = True
         log.warning("job %s: lease lost; abandoning it", job.id)
         entry = self._running.get(job.id)
-        if entry is not None:
+        # A handler that learns it in its own progress() call gets JobLost instead.
+        if entry is not None and entry[1] is not asyncio.current_task():
             entry[1].cancel()
 
     async def run(self, url: str, stop: asyncio.Event | None = None) -> None:
@@ -209,6 +212,7 @@ class Worker:
         if not self.handlers:
             raise InvalidJob("the worker has no handlers")
         stop = stop or asyncio.Event()
+        self._stopping = False
         await migrate(url)
         pool = await db.open_pool(url, 1, self.concurrency + 2)
         loop = asyncio.get_running_loop()

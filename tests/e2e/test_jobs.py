@@ -6,11 +6,13 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
-from pgpulse import Job, Worker
+import pgpulse
+from pgpulse import Job, JobLost, Worker
 
-from ..jobs_support import job_row, running
+from ..jobs_support import job_row, running, until_status
 from ..support import TIMEOUT, ServerHandle, events, mint, no_more_events, start_server, until_ready
 
 
@@ -224,3 +226,34 @@ async def test_a_stopping_worker_gives_its_jobs_back_to_the_next(
     assert [f["type"] for f in frames] == ["ai_job.started", "ai_job.started", "ai_job_complete"]
     assert [f["data"].get("attempt") for f in frames[:2]] == [1, 1]
     assert (await job_row(url, job_id))["status"] == "succeeded"
+
+
+async def test_a_worker_that_lost_its_job_stops_it_and_records_nothing(
+    database_url: str, tenant: str
+) -> None:
+    kind = "taken-" + tenant
+    told = asyncio.Event()
+    worker = Worker(poll_interval=1.0)
+
+    @worker.handler(kind)
+    async def reports_until_told(job: Job) -> Any:
+        try:
+            while True:
+                await job.progress(0.5)
+                await asyncio.sleep(0.05)
+        except (JobLost, asyncio.CancelledError):  # as progress() or a pending await learns
+            told.set()
+            raise
+
+    async with (
+        await psycopg.AsyncConnection.connect(database_url, autocommit=True) as c,
+        running(worker, database_url),
+    ):
+        job_id = await pgpulse.submit_job(c, tenant_id=tenant, kind=kind)
+        await until_status(database_url, job_id, "running")
+        # As recover_jobs and another worker's claim would leave it:
+        await c.execute("UPDATE pgpulse.jobs SET worker = 'other' WHERE id = %s", [job_id])
+        await asyncio.wait_for(told.wait(), TIMEOUT)
+    row = await job_row(database_url, job_id)
+    assert (row["status"], row["worker"], row["error"]) == ("running", "other", None)
+    assert worker.jobs_done == 0
