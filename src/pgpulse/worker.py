@@ -213,6 +213,7 @@ class Worker:
             raise InvalidJob("the worker has no handlers")
         stop = stop or asyncio.Event()
         self._stopping = False
+        self._wake = asyncio.Event()  # an Event belongs to the loop that first waits on it
         await migrate(url)
         pool = await db.open_pool(url, 1, self.concurrency + 2)
         loop = asyncio.get_running_loop()
@@ -268,7 +269,9 @@ class Worker:
             rows = await cur.fetchall()
         for row in rows:
             job = Job(self, pool, row)
-            task = asyncio.get_running_loop().create_task(self._run(job), name=f"job-{job.id}")
+            task = asyncio.get_running_loop().create_task(
+                self._run(pool, job), name=f"job-{job.id}"
+            )
             self._running[job.id] = (job, task)
             task.add_done_callback(functools.partial(self._finished, job.id))
         return len(rows)
@@ -277,7 +280,7 @@ class Worker:
         self._running.pop(job_id, None)
         self._wake.set()  # a slot is free
 
-    async def _run(self, job: Job) -> None:
+    async def _run(self, pool: AsyncConnectionPool, job: Job) -> None:
         log.info("job %s (%s, attempt %d) started", job.id, job.kind, job.attempt)
         result_json: str | None = None
         error: str | None = None
@@ -302,15 +305,17 @@ class Worker:
                 error = describe_failure(exc)
         finally:
             job.stop_reporting()
-        await self._finish(job, result_json, error)
+        await self._finish(pool, job, result_json, error)
 
-    async def _finish(self, job: Job, result_json: str | None, error: str | None) -> None:
+    async def _finish(
+        self, pool: AsyncConnectionPool, job: Job, result_json: str | None, error: str | None
+    ) -> None:
         """Record the job's end, retrying while the database is away and the lease may hold."""
         deadline = time.monotonic() + self.lease
         backoff = 0.05
         while True:
             try:
-                async with job._pool.connection() as conn:
+                async with pool.connection() as conn:
                     cur = await conn.execute(
                         QUERIES["finish_job"],
                         {
