@@ -1,0 +1,55 @@
+/**
+ * `@pgpulse/client`: the browser (and Node) client of a pgpulse server.
+ *
+ * This entry point has no dependencies. React bindings live at
+ * `@pgpulse/client/react`, the notification center at
+ * `@pgpulse/client/notification-center`, so an app without React never
+ * loads it.
+ */
+
+export {
+  PgpulseClient,
+  PgpulseClientError,
+  type ClientEventKind,
+  type ClientEvents,
+  type Disconnect,
+  type EventFilter,
+  type PgpulseClientOptions,
+  type Status,
+  type Unsubscribe,
+  type WebSocketConstructor,
+  type WebSocketLike,
+} from "./client.js";
+export type { BackoffOptions } from "./backoff.js";
+export {
+  createNotification,
+  getJob,
+  listNotifications,
+  publishEvent,
+  submitJob,
+  PgpulseHttpError,
+  type EventToPublish,
+  type HttpOptions,
+  type JobSnapshot,
+  type JobStatus,
+  type JobToSubmit,
+  type NotificationCreated,
+  type StoredNotification,
+  type SubmittedJob,
+} from "./http.js";
+export {
+  WS_1008_POLICY_VIOLATION,
+  WS_1012_SERVICE_RESTART,
+  WS_1013_TRY_AGAIN_LATER,
+  type ControlFrame,
+  type PgpulseEvent,
+  type ResetReason,
+} from "./protocol.js";
+export type { TokenProvider, TokenSource } from "./token.js";
+export {
+  mergeNotifications,
+  notificationFromEvent,
+  type NotificationData,
+  type NotificationItem,
+} from "./notifications.js";
+export { applyJobEvent, type JobItem, type JobState } from "./aiJobs.js";

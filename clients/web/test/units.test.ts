@@ -1,0 +1,127 @@
+/** The pure parts: frame parsing, back-off, the notification list, AI job rows. No server involved. */
+
+import { describe, expect, it } from "vitest";
+
+import { applyJobEvent, type JobItem } from "../src/aiJobs.js";
+import { Backoff } from "../src/backoff.js";
+import { mergeNotifications, newestId, notificationFromEvent, unreadCount } from "../src/notifications.js";
+import { parseFrame, type PgpulseEvent } from "../src/protocol.js";
+
+function event(id: number, topic: string, type: string, data: unknown): PgpulseEvent {
+  return { id, tenant_id: "t", topic, type, data, ts: "2024-01-01T00:00:00Z" };
+}
+
+describe("parseFrame", () => {
+  it("sorts frames into events, control frames and unknown ones", () => {
+    expect(parseFrame('{"id":3,"tenant_id":"t","topic":"a","type":"b","data":{},"ts":"x"}').kind).toBe("event");
+    expect(parseFrame('{"op":"ready","last_event_id":7}')).toEqual({
+      kind: "control",
+      control: { op: "ready", last_event_id: 7 },
+    });
+    expect(parseFrame('{"op":"reset","reason":"history_expired"}')).toEqual({
+      kind: "control",
+      control: { op: "reset", reason: "history_expired" },
+    });
+    expect(parseFrame("not json").kind).toBe("unknown");
+    expect(parseFrame('{"op":"ready"}').kind).toBe("unknown");
+    expect(parseFrame('{"id":"3","topic":"a","type":"b"}').kind).toBe("unknown");
+  });
+});
+
+describe("Backoff", () => {
+  it("grows by its factor up to the cap, with jitter below the ceiling, and resets", () => {
+    const fixed = new Backoff({ initialDelayMs: 100, maxDelayMs: 1_000, factor: 2, jitter: 0 });
+    expect([fixed.next(), fixed.next(), fixed.next(), fixed.next(), fixed.next()]).toEqual([100, 200, 400, 800, 1_000]);
+    fixed.reset();
+    expect(fixed.next()).toBe(100);
+
+    const jittered = new Backoff({ initialDelayMs: 100, jitter: 0.5 }, () => 1);
+    expect(jittered.next()).toBe(50);
+  });
+});
+
+describe("notifications", () => {
+  it("merges history and live items by notification id, newest first, capped", () => {
+    const live = [{ id: 5, message: "five", at: "t5" }];
+    const history = [
+      { id: 5, message: "five", at: "t5" },
+      { id: 4, message: "four", at: "t4" },
+      { id: 3, message: "three", at: "t3" },
+    ];
+    const merged = mergeNotifications(live, history, 10);
+    expect(merged.map((item) => item.id)).toEqual([5, 4, 3]);
+    expect(mergeNotifications(merged, history, 10)).toBe(merged);
+    expect(mergeNotifications(merged, [{ id: 6, message: "six", at: "t6" }], 2).map((item) => item.id)).toEqual([6, 5]);
+  });
+
+  it("counts unread above the read watermark", () => {
+    const items = [
+      { id: 9, message: "", at: "" },
+      { id: 7, message: "", at: "" },
+    ];
+    expect(unreadCount(items, 0)).toBe(2);
+    expect(unreadCount(items, 7)).toBe(1);
+    expect(newestId(items, 0)).toBe(9);
+    expect(unreadCount(items, newestId(items, 0))).toBe(0);
+  });
+
+  it("reads a notification event and ignores anything else", () => {
+    expect(notificationFromEvent(event(1, "notifications", "notification", { message: "m", notification_id: 4 }))).toEqual({
+      id: 4,
+      message: "m",
+      at: "2024-01-01T00:00:00Z",
+    });
+    expect(notificationFromEvent(event(1, "notifications", "other", { message: "m", notification_id: 4 }))).toBeNull();
+    expect(notificationFromEvent(event(1, "notifications", "notification", { message: "m" }))).toBeNull();
+  });
+});
+
+describe("applyJobEvent", () => {
+  it("folds a job's events into one row", () => {
+    let jobs: readonly JobItem[] = [];
+    jobs = applyJobEvent(jobs, event(1, "ai_jobs", "ai_job.started", { job_id: "j1" }), 5);
+    jobs = applyJobEvent(jobs, event(2, "ai_jobs", "ai_job.progress", { job_id: "j1", progress: 0.4 }), 5);
+    expect(jobs).toMatchObject([{ jobId: "j1", state: "running", progress: 0.4 }]);
+    jobs = applyJobEvent(jobs, event(3, "ai_jobs", "ai_job.started", { job_id: "j2" }), 5);
+    jobs = applyJobEvent(jobs, event(4, "ai_jobs", "ai_job_complete", { job_id: "j1", result: { text: "ok" } }), 5);
+    expect(jobs).toMatchObject([
+      { jobId: "j1", state: "complete", progress: 1, result: { text: "ok" } },
+      { jobId: "j2", state: "running" },
+    ]);
+    jobs = applyJobEvent(jobs, event(5, "ai_jobs", "ai_job.failed", { job_id: "j2", error: "boom" }), 5);
+    expect(jobs[0]).toMatchObject({ jobId: "j2", state: "failed", error: "boom" });
+    expect(applyJobEvent(jobs, event(6, "other", "ai_job.started", { job_id: "j3" }), 5)).toBe(jobs);
+  });
+
+  it("starts a row over when its job starts again after a lost worker", () => {
+    let jobs: readonly JobItem[] = [];
+    jobs = applyJobEvent(jobs, event(1, "ai_jobs", "ai_job.started", { job_id: "j1", kind: "sleep", attempt: 1 }), 5);
+    jobs = applyJobEvent(
+      jobs,
+      event(2, "ai_jobs", "ai_job.progress", { job_id: "j1", progress: 0.5, message: "step 2 of 4" }),
+      5,
+    );
+    expect(jobs).toMatchObject([{ jobId: "j1", kind: "sleep", attempt: 1, progress: 0.5, message: "step 2 of 4" }]);
+
+    jobs = applyJobEvent(jobs, event(3, "ai_jobs", "ai_job.started", { job_id: "j1", kind: "sleep", attempt: 2 }), 5);
+    expect(jobs).toEqual([
+      { jobId: "j1", kind: "sleep", attempt: 2, state: "running", progress: 0, updatedAt: "2024-01-01T00:00:00Z" },
+    ]);
+    jobs = applyJobEvent(jobs, event(4, "ai_jobs", "ai_job.progress", { job_id: "j1", progress: 0.25 }), 5);
+    expect(jobs).toMatchObject([{ attempt: 2, progress: 0.25 }]);
+    expect(jobs[0]?.message).toBeUndefined();
+
+    jobs = applyJobEvent(jobs, event(5, "ai_jobs", "ai_job.failed", { job_id: "j1", error: "ValueError: boom" }), 5);
+    expect(jobs).toEqual([
+      {
+        jobId: "j1",
+        kind: "sleep",
+        attempt: 2,
+        state: "failed",
+        progress: 0.25,
+        error: "ValueError: boom",
+        updatedAt: "2024-01-01T00:00:00Z",
+      },
+    ]);
+  });
+});
