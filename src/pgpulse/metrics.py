@@ -42,6 +42,17 @@ class Metrics:
             "Jobs submitted through POST /api/jobs.",
             registry=self.registry,
         )
+        self.jobs = Gauge(
+            "pgpulse_jobs",
+            "Jobs queued or running, across every worker (read from the database at scrape).",
+            ["status"],
+            registry=self.registry,
+        )
+        self.jobs_oldest_queued_seconds = Gauge(
+            "pgpulse_jobs_oldest_queued_seconds",
+            "How long the oldest queued job has waited: workers are missing or too few.",
+            registry=self.registry,
+        )
         self.publish_seconds = Histogram(
             "pgpulse_publish_seconds",
             "Time to store an HTTP publish durably.",

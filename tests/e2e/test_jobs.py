@@ -257,3 +257,23 @@ async def test_a_worker_that_lost_its_job_stops_it_and_records_nothing(
     row = await job_row(database_url, job_id)
     assert (row["status"], row["worker"], row["error"]) == ("running", "other", None)
     assert worker.jobs_done == 0
+
+
+async def test_metrics_show_the_backlog_and_its_age(server: ServerHandle, tenant: str) -> None:
+    def gauge(text: str, name: str) -> float:
+        [line] = [line for line in text.splitlines() if line.startswith(name + " ")]
+        return float(line.split()[-1])
+
+    queued = 'pgpulse_jobs{status="queued"}'
+    async with server.http() as http:
+        before = (await http.get("/metrics")).text
+        for _ in range(2):  # a kind no worker runs: they wait
+            await submit(server, mint(tenant), {"kind": "unserved-" + tenant})
+        after = (await http.get("/metrics")).text
+    assert gauge(after, queued) == gauge(before, queued) + 2
+    assert gauge(after, "pgpulse_jobs_oldest_queued_seconds") > 0
+    assert (
+        gauge(after, "pgpulse_jobs_submitted_total")
+        == gauge(before, "pgpulse_jobs_submitted_total") + 2
+    )
+    assert 'pgpulse_jobs{status="running"}' in after

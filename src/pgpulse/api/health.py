@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ..sql import QUERIES
 from .deps import RuntimeDep
 
 router = APIRouter()
+log = logging.getLogger("pgpulse")
 
 READY_TIMEOUT = 2.0  # seconds for the database probe
 
@@ -43,4 +46,16 @@ async def metrics(runtime: RuntimeDep) -> Response:
     m = runtime.metrics
     m.listener_up.set(1 if runtime.listener.connected else 0)
     m.listener_reconnects.set(runtime.listener.reconnects)
+    try:
+        async with asyncio.timeout(READY_TIMEOUT):
+            async with runtime.pool.connection() as conn:
+                cur = await conn.execute(QUERIES["job_backlog"])
+                row = await cur.fetchone()
+    except Exception as exc:  # the process's own metrics still matter when the database is away
+        log.debug("job backlog not read for /metrics: %s", exc)
+    else:
+        assert row is not None
+        m.jobs.labels("queued").set(row[0])
+        m.jobs.labels("running").set(row[1])
+        m.jobs_oldest_queued_seconds.set(row[2])
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

@@ -71,6 +71,14 @@ USING (
 ) AS old
 WHERE e.tenant_id = old.tenant_id AND e.id = old.id;
 
+-- name: job_backlog
+-- For /metrics: jobs waiting and running, and how long the oldest has waited (seconds).
+SELECT
+    (SELECT count(*) FROM pgpulse.jobs WHERE status = 'queued'),
+    (SELECT count(*) FROM pgpulse.jobs WHERE status = 'running'),
+    (SELECT coalesce(extract(epoch FROM clock_timestamp() - min(created_at)), 0)::float8
+     FROM pgpulse.jobs WHERE status = 'queued');
+
 -- name: prune_jobs
 -- Delete up to a batch of jobs that ended before the retention horizon.
 DELETE FROM pgpulse.jobs AS j
