@@ -30,26 +30,7 @@ from .errors import InvalidJob
 from .publish import check_name, encode_json, scalar_in_transaction
 from .sql import QUERIES
 
-TOPIC = "ai_jobs"
-STATUSES = ("queued", "running", "succeeded", "failed")
-
 _SQLALCHEMY_SUBMIT = "SELECT pgpulse.submit_job(:tenant_id, :kind, CAST(:input AS jsonb), :user_id)"
-
-
-def job_params(
-    tenant_id: str, kind: str, input: Any = None, user_id: str | None = None
-) -> dict[str, Any]:
-    """The checked parameters of ``submit_job``, with errors that say which field is wrong."""
-    check_name("tenant_id", tenant_id, InvalidJob)
-    check_name("kind", kind, InvalidJob)
-    if user_id is not None:
-        check_name("user_id", user_id, InvalidJob)
-    return {
-        "tenant_id": tenant_id,
-        "kind": kind,
-        "input": encode_json("input", {} if input is None else input, InvalidJob),
-        "user_id": user_id,
-    }
 
 
 async def submit_job(
@@ -66,7 +47,16 @@ async def submit_job(
     ``AsyncSession``/``AsyncConnection``. The job exists, and a worker runs
     it, only if that transaction commits.
     """
-    params = job_params(tenant_id, kind, input, user_id)
+    check_name("tenant_id", tenant_id, InvalidJob)
+    check_name("kind", kind, InvalidJob)
+    if user_id is not None:
+        check_name("user_id", user_id, InvalidJob)
+    params = {
+        "tenant_id": tenant_id,
+        "kind": kind,
+        "input": encode_json("input", {} if input is None else input, InvalidJob),
+        "user_id": user_id,
+    }
     return str(await scalar_in_transaction(conn, "submit_job", _SQLALCHEMY_SUBMIT, params))
 
 
