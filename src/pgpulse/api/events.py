@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from psycopg import OperationalError
 from psycopg_pool import PoolTimeout
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import Receive, Scope, Send
 
 from ..auth import Principal
@@ -22,9 +22,9 @@ from .deps import (
     RuntimeDep,
     authenticate,
     database_unavailable,
-    describe_errors,
     get_runtime,
-    read_json,
+    json_body_docs,
+    read_model,
 )
 
 JSON = "application/json"
@@ -49,12 +49,7 @@ class EventOut(BaseModel):
     "/api/events",
     status_code=201,
     response_model=EventOut,
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": EventIn.model_json_schema()}},
-        }
-    },
+    openapi_extra=json_body_docs(EventIn),
 )
 async def publish_event(request: Request, runtime: RuntimeDep, principal: PrincipalDep) -> Response:
     """The route as the app declares it, for its OpenAPI description.
@@ -76,12 +71,7 @@ async def publish_request(request: Request, runtime: Runtime, principal: Princip
     """
     if "publish" not in principal.scopes:
         raise HTTPException(403, "token lacks scope 'publish'")
-    # Read the body by hand so that the size limit holds before parsing.
-    body = await read_json(request, runtime.settings.max_payload_bytes)
-    try:
-        event_in = EventIn.model_validate(body)
-    except ValidationError as exc:
-        raise HTTPException(422, describe_errors(exc.errors())) from None
+    event_in = await read_model(request, EventIn, runtime.settings.max_payload_bytes)
     try:
         event = NewEvent.build(
             principal.tenant_id, event_in.type, event_in.data, event_in.topic, event_in.user_id

@@ -10,12 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import InvalidJob
 from ..events import MAX_NAME_LENGTH
 from ..jobs import JobState, get_job, parse_job_id, submit_job
-from .deps import PrincipalDep, RuntimeDep, describe_errors, read_json
+from .deps import PrincipalDep, RuntimeDep, json_body_docs, read_model
 
 router = APIRouter()
 
@@ -35,21 +35,12 @@ class JobAccepted(BaseModel):
     "/api/jobs",
     status_code=202,
     response_model=JobAccepted,
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": JobIn.model_json_schema()}},
-        }
-    },
+    openapi_extra=json_body_docs(JobIn),
 )
 async def create_job(
     request: Request, response: Response, runtime: RuntimeDep, principal: PrincipalDep
 ) -> JobAccepted:
-    body = await read_json(request, runtime.settings.max_payload_bytes)
-    try:
-        job_in = JobIn.model_validate(body)
-    except ValidationError as exc:
-        raise HTTPException(422, describe_errors(exc.errors())) from None
+    job_in = await read_model(request, JobIn, runtime.settings.max_payload_bytes)
     allowed = runtime.settings.job_kinds
     if allowed and job_in.kind not in allowed:
         raise HTTPException(
