@@ -62,11 +62,12 @@ async def test_a_job_that_ends_during_an_outage_is_recorded_when_postgres_is_bac
     private_pg: PrivatePostgres, private_database: str, tenant: str
 ) -> None:
     url = private_database
-    started, release = asyncio.Event(), asyncio.Event()
+    started, release, ended = asyncio.Event(), asyncio.Event(), asyncio.Event()
 
     async def waits_for_the_test(job: Job) -> Any:
         started.set()
         await release.wait()
+        ended.set()  # nothing awaits between here and the worker's first attempt to record it
         return job.input
 
     worker = Worker({"wait": waits_for_the_test, "echo": echo}, poll_interval=0.5)
@@ -77,7 +78,7 @@ async def test_a_job_that_ends_during_an_outage_is_recorded_when_postgres_is_bac
         private_pg.stop()
         try:
             release.set()  # the handler ends while the database is down
-            await asyncio.sleep(0.5)  # let the first attempts to record it fail
+            await asyncio.wait_for(ended.wait(), TIMEOUT)
         finally:
             private_pg.start()
         await until_status(url, during, "succeeded", timeout=30)
