@@ -395,6 +395,9 @@ class Worker:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                # As the server's listener does: the database may have restarted
+                # under the pool too, so its connections are probed before use.
+                db.distrust_idle_connections()
                 log.warning("worker %s: LISTEN connection lost: %s", self.name, exc)
             await asyncio.sleep(backoff * (1 + random.random()))
             backoff = min(backoff * 2, MAX_BACKOFF)

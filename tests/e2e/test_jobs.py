@@ -132,7 +132,7 @@ async def test_results_that_are_not_json_and_timeouts_fail_the_job(
 
 async def test_jobs_are_private_to_their_tenant_and_user(server: ServerHandle, tenant: str) -> None:
     kind = "private-" + tenant
-    worker = Worker({kind: lambda job: _done(job)}, poll_interval=1.0)
+    worker = Worker({kind: _done}, poll_interval=1.0)
     ann, bob = mint(tenant, user="ann"), mint(tenant, user="bob")
     other_tenant = mint(tenant + "-other", user="ann")
     async with (
