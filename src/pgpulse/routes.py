@@ -5,10 +5,10 @@ routing, dependency and exception handling a connection passes through keeps
 a coroutine frame alive for all that time: about 5 KiB per connection in
 FastAPI's stack, none of which these endpoints use.
 
-``POST /api/events`` is the hot path of publishing from other services;
-FastAPI's layers cost it about as much CPU as the publish itself. The route
-the app declares for it (:func:`pgpulse.api.events.publish_event`) shares its
-implementation and gives the OpenAPI description. CORS, when configured,
+``POST /api/events`` and ``POST /api/notifications`` are the hot paths of
+publishing; FastAPI's layers cost them about as much CPU as the publish
+itself. The routes the app declares for them share their implementation
+and give the OpenAPI description. CORS, when configured,
 wraps this middleware, so cross-origin callers get the same answers here.
 
 Everything else, including the OpenAPI description of these routes, is the
@@ -21,10 +21,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from .api.events import publish_event_asgi
+from .api.notifications import create_notification_asgi
 from .transports.ws import websocket_endpoint
 
 WS_PATHS = frozenset({"/ws", "/ws/notifications"})
-PUBLISH_PATH = "/api/events"
+POST_ROUTES = {"/api/events": publish_event_asgi, "/api/notifications": create_notification_asgi}
 
 
 class DirectRoutes:
@@ -35,8 +36,12 @@ class DirectRoutes:
         kind = scope["type"]
         if kind == "websocket" and _path(scope) in WS_PATHS:
             await websocket_endpoint(WebSocket(scope, receive, send))
-        elif kind == "http" and scope["method"] == "POST" and _path(scope) == PUBLISH_PATH:
-            await publish_event_asgi(scope, receive, send)
+        elif (
+            kind == "http"
+            and scope["method"] == "POST"
+            and (route := POST_ROUTES.get(_path(scope)))
+        ):
+            await route(scope, receive, send)
         else:
             await self.app(scope, receive, send)
 

@@ -5,25 +5,17 @@
 -- Publish one event inside the caller's transaction.
 SELECT pgpulse.publish(%(tenant_id)s, %(topic)s, %(type)s, %(data)s::jsonb, %(user_id)s);
 
--- name: publish_many
--- Publish a batch of events in one statement; ids come back in input order.
--- The batch travels as one JSON array of {tenant_id, topic, type, data,
--- user_id} objects: encoding it is one C call on the client, where five
--- arrays of quoted literals cost several microseconds an event to build.
-SELECT pgpulse.publish_many(
-    coalesce(array_agg(b.tenant_id ORDER BY b.ord), '{}'),
-    coalesce(array_agg(b.topic ORDER BY b.ord), '{}'),
-    coalesce(array_agg(b.type ORDER BY b.ord), '{}'),
-    coalesce(array_agg(b.data ORDER BY b.ord), '{}'),
-    coalesce(array_agg(b.user_id ORDER BY b.ord), '{}'))
-FROM ROWS FROM (
-    jsonb_to_recordset(%(batch)s::jsonb)
-        AS (tenant_id text, topic text, type text, data jsonb, user_id text)
-) WITH ORDINALITY AS b(tenant_id, topic, type, data, user_id, ord);
+-- name: publish_batch
+-- The server's group commit: a JSON array of events ({tenant_id, topic, type,
+-- data, user_id}) and notifications ({tenant_id, message}) in one statement;
+-- (event id, key, notification id) come back in input order. One JSON
+-- document is one C call to encode on the client.
+SELECT event_id, event_key, notification_id FROM pgpulse.publish_batch(%(batch)s::jsonb);
 
 -- name: fetch_after
 -- The listener's read: each tenant's events after its cursor, in id order.
-SELECT e.tenant_id, e.id, e.topic, e.type, e.data::text, e.user_id, e.created_at
+SELECT e.tenant_id, e.id, coalesce(e.key, e.id), e.topic, e.type, e.data::text, e.user_id,
+       e.created_at
 FROM unnest(%(tenants)s::text[], %(after)s::bigint[]) AS c(tenant_id, after_id)
 CROSS JOIN LATERAL (
     SELECT * FROM pgpulse.events AS ev
@@ -42,7 +34,8 @@ SELECT
 
 -- name: replay
 -- A page of a tenant's retained events after a point, as one connection may see them.
-SELECT e.tenant_id, e.id, e.topic, e.type, e.data::text, e.user_id, e.created_at
+SELECT e.tenant_id, e.id, coalesce(e.key, e.id), e.topic, e.type, e.data::text, e.user_id,
+       e.created_at
 FROM pgpulse.events AS e
 WHERE e.tenant_id = %(tenant_id)s AND e.id > %(after)s AND e.id <= %(until)s
   AND (%(topics)s::text[] IS NULL OR e.topic = ANY(%(topics)s::text[]))
