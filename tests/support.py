@@ -118,21 +118,31 @@ async def start_server(
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
-    async with asyncio.timeout(TIMEOUT):
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.01)
-        while not app.state.runtime.listener.connected:
-            await asyncio.sleep(0.01)
-    host, port = sock.getsockname()
     try:
+        async with asyncio.timeout(TIMEOUT):
+            while not server.started:
+                if task.done():
+                    task.result()
+                await asyncio.sleep(0.01)
+            while not app.state.runtime.listener.connected:
+                await asyncio.sleep(0.01)
+        host, port = sock.getsockname()
         yield ServerHandle(f"http://{host}:{port}", app, server)
     finally:
+        # However the test ended, the server stops and its sockets and
+        # transports are closed: a busy machine must not turn a slow close
+        # into a leak (pytest reports those as unraisable warnings).
         server.should_exit = True
-        async with asyncio.timeout(TIMEOUT):
-            await task
-        sock.close()
+        try:
+            async with asyncio.timeout(TIMEOUT):
+                await asyncio.shield(task)
+        except TimeoutError:
+            server.force_exit = True
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        finally:
+            sock.close()
 
 
 async def recv(ws: ClientConnection, timeout: float = TIMEOUT) -> dict[str, Any]:

@@ -321,20 +321,20 @@ def publish_cmd(
     user: Annotated[str | None, typer.Option(help="Deliver only to this user.")] = None,
     data_dir: DataDir = None,
 ) -> None:
-    """Publish one event straight into the database."""
+    """Publish one event straight into the database; prints its key."""
     from .publish import publish
 
     try:
         payload = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         fail(f"JSON does not parse: {exc}", 2)
-    event_id = on_database(
+    key = on_database(
         load_settings(data_dir=data_dir),
         lambda conn: publish(
             conn, tenant_id=tenant, type=type_, data=payload, topic=topic, user_id=user
         ),
     )
-    print(orjson.dumps({"event_id": event_id}).decode())
+    print(orjson.dumps({"key": key}).decode())
 
 
 @cli.command()

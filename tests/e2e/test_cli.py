@@ -68,9 +68,9 @@ async def test_zero_config_serve_token_publish(tmp_path: Path) -> None:
                 pgpulse, "publish", "acme", "greeting", '{"hello": "cli"}', env=env
             )
             assert published.returncode == 0, published.stderr
-            event_id = orjson.loads(published.stdout)["event_id"]
+            key = orjson.loads(published.stdout)["key"]
             frame = await recv(ws)
-            assert frame["id"] == event_id and frame["data"] == {"hello": "cli"}
+            assert frame["key"] == key and frame["id"] == 1 and frame["data"] == {"hello": "cli"}
             # psql's way in: the socket in the data directory.
             sql_url = f"postgresql://postgres@/postgres?host={data_dir / 'postgres'}"
             async with await psycopg.AsyncConnection.connect(sql_url, autocommit=True) as c:

@@ -13,6 +13,7 @@ tenants they publish to in whatever order:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import uuid
 from dataclasses import dataclass
@@ -72,9 +73,8 @@ def new_tenants(n: int) -> list[str]:
 
 
 async def check(server: ServerHandle, url: str, txs: list[Tx], tenants: list[str]) -> None:
-    sockets = [server.connect(mint(t)) for t in tenants]
-    clients = [await s.__aenter__() for s in sockets]
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(server.connect(mint(t))) for t in tenants]
         for ws in clients:
             await until_ready(ws)
         committed = await run_transactions(url, tenants, txs)
@@ -93,9 +93,6 @@ async def check(server: ServerHandle, url: str, txs: list[Tx], tenants: list[str
                     frames = await until_ready(resumed)
                     assert [f for f in frames if "id" in f] == got[k:]
                     assert frames[-1] == {"op": "ready", "last_event_id": ids[-1]}
-    finally:
-        for s in sockets:
-            await s.__aexit__(None, None, None)
 
 
 async def test_twenty_overlapping_transactions_of_one_tenant(

@@ -11,11 +11,16 @@
 export interface PgpulseEvent<TData = unknown> {
   /** The tenant's sequence number: strictly increasing on a connection and across resumes. */
   readonly id: number;
+  /**
+   * What `publish` returned for this event (unique in the database), so a
+   * publisher can recognise its own event. Its id is taken at commit.
+   */
+  readonly key: number;
   readonly tenant_id: string;
   readonly topic: string;
   readonly type: string;
   readonly data: TData;
-  /** ISO-8601 UTC time the event was published. */
+  /** ISO-8601 UTC time the event was committed. */
   readonly ts: string;
   /** Present when the event targets one user (the token's `sub`). */
   readonly user_id?: string;

@@ -27,7 +27,7 @@ from .scenarios import SCENARIOS, Context, Sizes
 from .servers import BaselineTarget, PgpulseTarget, Target, find_baseline
 
 DEFAULT_PORT = 18400
-QUICK_SCENARIOS = ("s1", "s2", "s3", "s4", "s5")
+QUICK_SCENARIOS = ("s1", "s2", "s3", "s4", "s5", "s3n", "s7")
 """``--quick`` leaves S6 out: it needs its full run to fill the stalled socket's buffers."""
 
 
@@ -41,7 +41,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline-dir", type=Path, help="folder of the baseline app.py")
     p.add_argument(
         "--scenarios",
-        help="comma-separated subset of s1..s6 [all; with --quick: s1..s5]",
+        help=f"comma-separated subset of {', '.join(SCENARIOS)} "
+        f"[all; with --quick: {', '.join(QUICK_SCENARIOS)}]",
     )
     p.add_argument("--database-url", help="PostgreSQL to use (default: an embedded one)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="first port to serve on")
@@ -130,7 +131,10 @@ def main(argv: list[str]) -> int:
     selected = [s.strip().lower() for s in scenarios.split(",") if s.strip()]
     unknown = [s for s in selected if s not in SCENARIOS]
     if unknown:
-        print(f"pgpulse bench: unknown scenario {unknown[0]!r}; known: s1..s6", file=sys.stderr)
+        print(
+            f"pgpulse bench: unknown scenario {unknown[0]!r}; known: {', '.join(SCENARIOS)}",
+            file=sys.stderr,
+        )
         return 2
     baseline_dir = None
     if args.compare == "baseline":

@@ -98,10 +98,13 @@ DECLARE
     event_key bigint;
     first boolean;
 BEGIN
-    PERFORM pgpulse._check_name('tenant_id', tenant_id);
-    PERFORM pgpulse._check_name('topic', topic);
-    PERFORM pgpulse._check_name('type', type);
-    IF user_id IS NOT NULL THEN
+    -- One expression on the common path; the helper names the culprit otherwise.
+    IF (length(tenant_id) BETWEEN 1 AND 200 AND length(topic) BETWEEN 1 AND 200
+        AND length(type) BETWEEN 1 AND 200
+        AND (user_id IS NULL OR length(user_id) BETWEEN 1 AND 200)) IS NOT TRUE THEN
+        PERFORM pgpulse._check_name('tenant_id', tenant_id);
+        PERFORM pgpulse._check_name('topic', topic);
+        PERFORM pgpulse._check_name('type', type);
         PERFORM pgpulse._check_name('user_id', user_id);
     END IF;
     IF data IS NULL THEN
