@@ -26,6 +26,7 @@ from websockets.asyncio.client import ClientConnection
 from pgpulse import server as servers
 from pgpulse.app import create_app
 from pgpulse.auth import Verifier
+from pgpulse.fastapi import Pgpulse
 from pgpulse.runtime import Runtime
 from pgpulse.settings import Settings
 
@@ -100,8 +101,42 @@ async def start_server(
     """A server in this event loop; ``bind_port`` reuses a port (to restart "the same" server)."""
     settings = settings_for(database_url, data_dir, **overrides)
     app = create_app(settings)
+    async with serve(app, app.state.pgpulse, settings, bind_port) as handle:
+        yield handle
+
+
+@contextlib.asynccontextmanager
+async def start_library_app(
+    database_url: str, data_dir: Path, **overrides: Any
+) -> AsyncIterator[ServerHandle]:
+    """An app of its own with pgpulse's router under ``/realtime``, in this event loop.
+
+    Its principal is the tenant named by the ``X-Tenant`` header (a stand-in
+    for the app's own login); settings as :func:`start_server`'s.
+    """
+    from fastapi import FastAPI, Header
+
+    from pgpulse.fastapi import Pgpulse, Principal
+
+    async def principal(x_tenant: str | None = Header(None)) -> Principal | None:
+        return Principal(tenant_id=x_tenant, scopes={"publish"}) if x_tenant else None
+
+    settings = settings_for(database_url, data_dir, **overrides)
+    pulse = Pgpulse(principal=principal, settings=settings)
+    app = FastAPI(lifespan=pulse.lifespan)
+    app.include_router(pulse.router, prefix="/realtime")
+    app.include_router(pulse.health_router, prefix="/realtime")
+    async with serve(app, pulse, settings) as handle:
+        yield handle
+
+
+@contextlib.asynccontextmanager
+async def serve(
+    app: Any, pulse: Pgpulse, settings: Settings, bind_port: int | None = None
+) -> AsyncIterator[ServerHandle]:
+    """``app`` under uvicorn as `pgpulse serve` configures it, in this test's event loop,
+    until ``pulse`` listens."""
     sock = free_socket() if bind_port is None else bound_socket(bind_port)
-    # As `pgpulse serve` configures it, in this test's event loop.
     config = servers.uvicorn_config(
         app, settings, loop="asyncio", log_level="warning", timeout_graceful_shutdown=2
     )
@@ -113,11 +148,11 @@ async def start_server(
             if task.done():
                 task.result()
             await asyncio.sleep(0.01)
-        while not (app.state.pgpulse.running and app.state.pgpulse.runtime.listener.connected):
+        while not (pulse.running and pulse.runtime.listener.connected):
             await asyncio.sleep(0.01)
     host, port = sock.getsockname()
     try:
-        yield ServerHandle(f"http://{host}:{port}", app, server, app.state.pgpulse.runtime)
+        yield ServerHandle(f"http://{host}:{port}", app, server, pulse.runtime)
     finally:
         server.should_exit = True
         async with asyncio.timeout(TIMEOUT):
