@@ -97,7 +97,7 @@ class Policy:
         if self.origins is not None:
             return ANY_ORIGIN in self.origins or _origin(origin) in self.origins
         host = conn.headers.get("host")
-        return host is not None and urlsplit(_origin(origin)).netloc == host.strip().lower()
+        return host is not None and _authority(urlsplit(_origin(origin)).netloc) == _authority(host)
 
     async def topics(self, principal: Principal, requested: str | None) -> frozenset[str] | None:
         """The topics a stream reads; raises :class:`Refused` for one it may not."""
@@ -154,3 +154,12 @@ def parse_last_event_id(value: str | None) -> int | None:
 def _origin(value: str) -> str:
     """An origin as browsers send it: lower-case, no trailing slash."""
     return value.strip().rstrip("/").lower()
+
+
+def _authority(value: str) -> str:
+    """``host[:port]`` without a default port, which some clients write and others omit."""
+    value = value.strip().lower()
+    for default in (":80", ":443"):
+        if value.endswith(default):
+            return value[: -len(default)]
+    return value
