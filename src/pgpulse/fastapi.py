@@ -56,7 +56,7 @@ from .api.deps import PRINCIPAL_KEY, RUNTIME_KEY
 from .auth import Principal, Verifier
 from .errors import AuthError, ConfigError, ForbiddenTopic, NotRunning, PgpulseError
 from .events import WS_1011_INTERNAL_ERROR, is_name
-from .runtime import MIGRATE_MODES, MigrateMode, Runtime, running
+from .runtime import MigrateMode, Runtime, check_migrate_mode, running
 from .settings import Settings
 from .transports import sse, ws
 from .transports.admission import Policy, Refused, TopicCheck, admit
@@ -103,8 +103,7 @@ class Pgpulse:
         migrate: MigrateMode = "auto",
         settings: Settings | None = None,
     ) -> None:
-        if migrate not in MIGRATE_MODES:
-            raise ConfigError(f"migrate must be one of {', '.join(MIGRATE_MODES)}; got {migrate!r}")
+        check_migrate_mode(migrate)  # now, not at start
         settings = settings or Settings()
         if database_url is not None:
             settings = settings.model_copy(update={"database_url": database_url})

@@ -45,6 +45,11 @@ MigrateMode = Literal["auto", "check", "off"]
 MIGRATE_MODES: tuple[MigrateMode, ...] = ("auto", "check", "off")
 
 
+def check_migrate_mode(mode: str) -> None:
+    if mode not in MIGRATE_MODES:
+        raise ConfigError(f"migrate must be one of {', '.join(MIGRATE_MODES)}; got {mode!r}")
+
+
 @dataclass(slots=True)
 class Runtime:
     """What a running pgpulse holds, from :func:`running`."""
@@ -68,9 +73,7 @@ async def running(settings: Settings, migrate_mode: MigrateMode = "auto") -> Asy
     lock, so workers starting together agree), ``"check"`` refuses to start
     on an outdated schema, ``"off"`` trusts the database as it is.
     """
-    if migrate_mode not in MIGRATE_MODES:
-        modes = ", ".join(MIGRATE_MODES)
-        raise ConfigError(f"migrate must be one of {modes}; got {migrate_mode!r}")
+    check_migrate_mode(migrate_mode)
     async with contextlib.AsyncExitStack() as stack:
         url = settings.database_url
         if not url:

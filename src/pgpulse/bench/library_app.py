@@ -1,6 +1,6 @@
 """pgpulse in library mode for ``pgpulse bench --library``: an app of its own under uvicorn.
 
-``python -m pgpulse.bench.library_app --port P --ws uvicorn|preframed``
+``python -m pgpulse.bench.library_app --port P --ws uvicorn|uvicorn-sansio|preframed``
 serves :class:`pgpulse.fastapi.Pgpulse`'s router (pgpulse's JWTs, settings
 from ``PGPULSE_*``) with uvicorn's own WebSocket protocol, as an app's
 ``uvicorn app:app`` would, or with pgpulse's pre-framed one: the difference
@@ -18,7 +18,8 @@ from ..fastapi import Pgpulse
 from ..server import WS_MAX_SIZE
 from ..transports.uvicorn_ws import PROTOCOL_PATH
 
-PROTOCOLS = {"uvicorn": "auto", "preframed": PROTOCOL_PATH}
+PROTOCOLS = {"uvicorn": "auto", "uvicorn-sansio": "websockets-sansio", "preframed": PROTOCOL_PATH}
+"""uvicorn's default; uvicorn's sans-I/O protocol (the one pgpulse's extends); pgpulse's."""
 
 pulse = Pgpulse()
 app = FastAPI(lifespan=pulse.lifespan)

@@ -48,7 +48,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="pgpulse serving processes")
     p.add_argument(
         "--library",
-        choices=["uvicorn", "preframed"],
+        choices=["uvicorn", "uvicorn-sansio", "preframed"],
         help="run pgpulse inside an app of its own under uvicorn, with uvicorn's WebSocket "
         "protocol or pgpulse's pre-framed one [off: pgpulse serve]",
     )
