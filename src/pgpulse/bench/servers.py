@@ -174,6 +174,20 @@ class PgpulseTarget(Target):
         )
 
 
+class LibraryTarget(PgpulseTarget):
+    """pgpulse inside an app of its own (``pgpulse.bench.library_app``) under uvicorn."""
+
+    def __init__(self, database_url: str, dbname: str, workdir: Path, protocol: str) -> None:
+        super().__init__(database_url, dbname, workdir)
+        self.protocol = protocol
+
+    def command(self, port: int) -> list[str]:
+        return [
+            sys.executable, "-m", "pgpulse.bench.library_app", "--host", HOST,
+            "--port", str(port), "--ws", self.protocol,
+        ]  # fmt: skip
+
+
 class BaselineTarget(Target):
     def __init__(self, database_url: str, dbname: str, workdir: Path, app_dir: Path) -> None:
         super().__init__("baseline", database_url, dbname, workdir, BASELINE_LISTENER, False)
