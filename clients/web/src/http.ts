@@ -8,9 +8,11 @@
  * A browser hides why a cross-origin request failed: a response refused
  * under CORS and an unreachable server both reject `fetch` with a bare
  * TypeError. The difference matters (one is a line of configuration), so a
- * failed request is followed by a `no-cors` request to the same URL, which
- * CORS does not govern: if that one gets an answer, the server is up and
- * only this page's origin is refused, and the error says how to allow it.
+ * failed cross-origin request is followed by two questions. `GET /healthz`,
+ * which the server lets any origin read, says whether this page's origin is
+ * allowed and what to set if not. A server that does not say is asked with
+ * a `no-cors` request to the same URL, which CORS does not govern: if that
+ * gets an answer, the server is up and only this origin can be refused.
  */
 
 import { resolveOptionalToken, type TokenSource } from "./token.js";
@@ -109,13 +111,13 @@ export class PgpulseOriginError extends Error {
     readonly server: string,
     method: string,
     path: string,
-    options?: { cause?: unknown },
+    options: { readonly cause?: unknown; readonly advice?: string } = {},
   ) {
-    super(
-      `this origin is not allowed: set PGPULSE_ALLOWED_ORIGINS=${origin} on the server at ${server} ` +
-        `(the browser refused its answer to ${method} ${path} under CORS)`,
-      options,
-    );
+    // The server's own advice names the origins it allows already; without it, this one.
+    const advice = options.advice ?? `this origin is not allowed: set PGPULSE_ALLOWED_ORIGINS=${origin}`;
+    super(`${advice} on the server at ${server} (the browser refused its answer to ${method} ${path} under CORS)`, {
+      cause: options.cause,
+    });
   }
 }
 
@@ -207,7 +209,7 @@ async function request<T>(options: HttpOptions, method: "GET" | "POST", path: st
       signal: options.signal,
     });
   } catch (error) {
-    throw await diagnose(error, fetchImpl, url, method, bare, options.signal);
+    throw await diagnose(error, { fetchImpl, base: options.url, url, method, path: bare, signal: options.signal });
   }
   if (!response.ok) {
     throw new PgpulseHttpError(response.status, await response.text(), method, bare);
@@ -216,22 +218,32 @@ async function request<T>(options: HttpOptions, method: "GET" | "POST", path: st
 }
 
 /**
- * Why `fetch` rejected: a `PgpulseOriginError` when the server answers a
- * request CORS does not govern (so it is up, and refuses this origin), else
- * the original error. Only a cross-origin TypeError in a browser is probed.
+ * Why `fetch` rejected: a `PgpulseOriginError` when the server says (in
+ * `/healthz`) or shows (by answering a `no-cors` request) that it is up and
+ * refuses this page's origin, else the original error. Only a cross-origin
+ * TypeError in a browser is looked into.
  */
 async function diagnose(
   error: unknown,
-  fetchImpl: typeof fetch,
-  url: string,
-  method: string,
-  path: string,
-  signal: AbortSignal | undefined,
+  call: {
+    readonly fetchImpl: typeof fetch;
+    /** The server's base URL, as the caller gave it. */
+    readonly base: string;
+    readonly url: string;
+    readonly method: string;
+    readonly path: string;
+    readonly signal: AbortSignal | undefined;
+  },
 ): Promise<unknown> {
+  const { fetchImpl, url, method, path, signal } = call;
   const page = pageOrigin();
   const server = new URL(url).origin;
   if (!(error instanceof TypeError) || page === undefined || page === server || signal?.aborted === true) {
     return error;
+  }
+  const report = await originReport(fetchImpl, apiUrl(call.base, "/healthz"), signal);
+  if (report !== undefined) {
+    return report.allowed ? error : new PgpulseOriginError(page, server, method, path, { cause: error, advice: report.message });
   }
   try {
     // An opaque answer (any status) proves the server is reachable; no
@@ -241,6 +253,28 @@ async function diagnose(
     return error; // unreachable (down, offline, blocked): not an origin problem
   }
   return new PgpulseOriginError(page, server, method, path, { cause: error });
+}
+
+/**
+ * What the server's `GET /healthz` says of this page's origin: allowed, or
+ * not with the setting to change. Undefined when the server does not say
+ * (it cannot be reached, or predates the report).
+ */
+async function originReport(
+  fetchImpl: typeof fetch,
+  healthz: string,
+  signal: AbortSignal | undefined,
+): Promise<{ readonly allowed: boolean; readonly message?: string } | undefined> {
+  try {
+    const response = await fetchImpl(healthz, { method: "GET", credentials: "omit", cache: "no-store", signal });
+    if (!response.ok) return undefined;
+    const body = (await response.json()) as { origin?: { allowed?: unknown; message?: unknown } } | null;
+    const origin = body?.origin;
+    if (origin === undefined || typeof origin.allowed !== "boolean") return undefined;
+    return { allowed: origin.allowed, message: typeof origin.message === "string" ? origin.message : undefined };
+  } catch {
+    return undefined;
+  }
 }
 
 function pageOrigin(): string | undefined {
