@@ -23,11 +23,11 @@ import uvicorn
 import websockets
 from websockets.asyncio.client import ClientConnection
 
+from pgpulse import server as servers
 from pgpulse.app import create_app
 from pgpulse.auth import Verifier
 from pgpulse.runtime import Runtime
 from pgpulse.settings import Settings
-from pgpulse.transports.uvicorn_ws import WebSocketProtocol
 
 SECRET = "test-secret-0123456789abcdef-0123456789"
 TIMEOUT = 10.0  # seconds: the bound on every wait in the tests
@@ -67,15 +67,12 @@ class ServerHandle:
     url: str
     app: Any
     server: uvicorn.Server
+    runtime: Runtime
+    """The server's running pieces (kept after it stops, for a last look at the database)."""
 
     @property
     def ws_url(self) -> str:
         return self.url.replace("http://", "ws://")
-
-    @property
-    def runtime(self) -> Runtime:
-        runtime: Runtime = self.app.state.runtime
-        return runtime
 
     def http(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.url, timeout=TIMEOUT)
@@ -104,18 +101,11 @@ async def start_server(
     settings = settings_for(database_url, data_dir, **overrides)
     app = create_app(settings)
     sock = free_socket() if bind_port is None else bound_socket(bind_port)
-    config = uvicorn.Config(
-        app,
-        loop="asyncio",
-        ws=WebSocketProtocol,
-        ws_max_size=64 * 1024,
-        ws_ping_interval=settings.ws_ping_interval,  # as `pgpulse serve` does
-        ws_ping_timeout=settings.ws_ping_timeout,
-        ws_per_message_deflate=settings.ws_compression,
-        log_level="warning",
-        lifespan="on",
-        timeout_graceful_shutdown=2,
+    # As `pgpulse serve` configures it, in this test's event loop.
+    config = servers.uvicorn_config(
+        app, settings, loop="asyncio", log_level="warning", timeout_graceful_shutdown=2
     )
+    servers.tune_socket(sock, config)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     async with asyncio.timeout(TIMEOUT):
@@ -123,11 +113,11 @@ async def start_server(
             if task.done():
                 task.result()
             await asyncio.sleep(0.01)
-        while not app.state.runtime.listener.connected:
+        while not (app.state.pgpulse.running and app.state.pgpulse.runtime.listener.connected):
             await asyncio.sleep(0.01)
     host, port = sock.getsockname()
     try:
-        yield ServerHandle(f"http://{host}:{port}", app, server)
+        yield ServerHandle(f"http://{host}:{port}", app, server, app.state.pgpulse.runtime)
     finally:
         server.should_exit = True
         async with asyncio.timeout(TIMEOUT):

@@ -8,7 +8,6 @@ import logging
 import os
 import re
 import signal
-import socket
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from pathlib import Path
@@ -42,11 +41,6 @@ DataDir = Annotated[
     typer.Option("--data-dir", help="Data directory (embedded PostgreSQL, generated secret)."),
 ]
 DEFAULT_URL = "http://127.0.0.1:8000"
-SEND_BUFFER_BYTES = 256 * 1024
-"""Kernel send buffer of each client socket (Linux doubles it). Left to itself,
-Linux grows it to ``tcp_wmem``'s maximum (often 4 MB), where the backlog of a
-client that stopped reading hides from the connection's queue limit, and so
-from the 1013 that should close it."""
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -121,10 +115,8 @@ def serve(
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run the server (with an embedded PostgreSQL when no database URL is set)."""
-    import uvicorn
-
+    from . import server
     from .migrate import migrate
-    from .transports.uvicorn_ws import WebSocketProtocol
 
     settings = load_settings(
         host=host, port=port, workers=workers, insecure_dev=insecure_dev or None, data_dir=data_dir
@@ -136,11 +128,7 @@ def serve(
             Verifier.from_settings(settings)  # generate the secret once, before workers race
         except PgpulseError as exc:
             fail(str(exc))
-        # Workers read their settings from the environment.
-        os.environ["PGPULSE_DATABASE_URL"] = url
-        os.environ["PGPULSE_DATA_DIR"] = str(settings.data_dir)
-        if settings.insecure_dev:
-            os.environ["PGPULSE_INSECURE_DEV"] = "1"
+        os.environ.update(server.worker_environment(settings, url))
         if settings.embedded:
             err.print(f"embedded PostgreSQL: data in {settings.pgdata}", highlight=False)
         err.print(
@@ -151,59 +139,15 @@ def serve(
         # uvicorn re-raises SIGTERM once it has shut down; turn it into a normal
         # exit so that the embedded PostgreSQL is stopped on the way out.
         signal.signal(signal.SIGTERM, _exit_quietly)
-        config = uvicorn.Config(
-            "pgpulse.app:create_app",
-            factory=True,
-            host=settings.host,
-            port=settings.port,
-            workers=settings.workers,
-            loop="uvloop",
-            http="httptools",
-            ws=WebSocketProtocol,
-            ws_max_size=64 * 1024,
-            ws_ping_interval=settings.ws_ping_interval,
-            ws_ping_timeout=settings.ws_ping_timeout,
-            ws_per_message_deflate=settings.ws_compression,
-            timeout_graceful_shutdown=int(settings.shutdown_timeout),
-            log_level=log_level.lower(),
-            lifespan="on",
+        config = server.uvicorn_config(
+            "pgpulse.app:create_app", settings, factory=True, log_level=log_level.lower()
         )
         started = True
         with contextlib.suppress(KeyboardInterrupt):
-            started = _run_uvicorn(config)
+            started = server.run(config)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # let the cleanup finish
         if not started:
             fail("the server did not start (see the log above)")
-
-
-def _run_uvicorn(config: Any) -> bool:
-    """``uvicorn.run`` on a listening socket of our own; returns whether it started.
-
-    Client sockets inherit the listening socket's options, and we want two: a
-    bounded kernel send buffer (:data:`SEND_BUFFER_BYTES`) and a TCP user
-    timeout, so that neither a slow nor a dead peer hides in the kernel.
-    """
-    import uvicorn
-    from uvicorn.supervisors import Multiprocess
-
-    sock = config.bind_socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
-    if hasattr(socket, "TCP_USER_TIMEOUT") and config.ws_ping_interval and config.ws_ping_timeout:
-        # A peer that accepts no data for a whole ping cycle has missed its
-        # pong too. uvicorn then closes the socket, but a close waits for the
-        # send buffer to drain, which for a peer that stopped reading is never:
-        # the kernel drops such a socket after this long instead (Linux).
-        cycle = config.ws_ping_interval + config.ws_ping_timeout
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(cycle * 1000))
-    server = uvicorn.Server(config)
-    try:
-        if config.workers > 1:
-            Multiprocess(config, sockets=[sock]).run()
-            return True
-        server.run(sockets=[sock])
-        return server.started
-    finally:
-        sock.close()
 
 
 def _exit_quietly(signum: int, frame: object) -> None:

@@ -16,9 +16,7 @@ from far back, and be told its history expired when it missed nothing.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -27,6 +25,7 @@ import orjson
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from .backoff import Backoff
 from .errors import AuthError, PgpulseError
 from .events import WS_1008_POLICY_VIOLATION, Event, parse_event
 
@@ -69,14 +68,14 @@ class Client:
         return urlunsplit((scheme, parts.netloc, path, urlencode(query), ""))
 
     async def __aiter__(self) -> AsyncIterator[Event]:
-        backoff = MIN_BACKOFF
+        backoff = Backoff(min(MIN_BACKOFF, self.max_backoff), self.max_backoff)
         while True:
             try:
                 async with websockets.connect(
                     self.ws_url(), max_size=None, open_timeout=OPEN_TIMEOUT
                 ) as ws:
                     self.connects += 1
-                    backoff = MIN_BACKOFF
+                    backoff.reset()
                     async for message in ws:
                         body = orjson.loads(message)
                         if "op" in body:
@@ -115,5 +114,4 @@ class Client:
                 log.info("handshake failed (%s); retrying", exc)
             except (OSError, TimeoutError) as exc:
                 log.info("cannot connect (%s); retrying", exc)
-            await asyncio.sleep(backoff * (0.5 + random.random()))
-            backoff = min(backoff * 2, self.max_backoff)
+            await backoff.sleep()

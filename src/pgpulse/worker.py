@@ -38,8 +38,10 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from . import db
+from .backoff import Backoff
 from .errors import InvalidJob
 from .events import MAX_NAME_LENGTH, is_name
+from .listen import Listen
 from .migrate import migrate
 from .publish import encode_json
 from .sql import QUERIES
@@ -49,6 +51,7 @@ log = logging.getLogger("pgpulse.worker")
 CHANNEL = "pgpulse_jobs"
 PROGRESS_INTERVAL = 0.1  # seconds: at most ten progress events a second per job
 MAX_ERROR_LENGTH = 2000  # characters of a failure's message kept in the job
+MIN_BACKOFF = 0.05  # seconds
 MAX_BACKOFF = 2.0  # seconds between attempts while the database is away
 
 Handler = Callable[["Job"], Awaitable[Any]]
@@ -217,8 +220,17 @@ class Worker:
         await migrate(url)
         pool = await db.open_pool(url, 1, self.concurrency + 2)
         loop = asyncio.get_running_loop()
+        listen = Listen(
+            url,
+            CHANNEL,
+            on_notify=lambda _payload: self._wake.set(),
+            on_connect=self._wake.set,  # jobs queued while nobody listened
+            quiet_after=self.poll_interval,
+            log=log,
+            backoff=Backoff(MIN_BACKOFF, MAX_BACKOFF),
+        )
         helpers = [
-            loop.create_task(self._listen_forever(url), name="pgpulse-worker-listen"),
+            loop.create_task(listen.run(), name="pgpulse-worker-listen"),
             loop.create_task(self._renew_forever(pool), name="pgpulse-worker-leases"),
             loop.create_task(self._stop_on(stop), name="pgpulse-worker-stop"),
         ]
@@ -241,7 +253,7 @@ class Worker:
         self._wake.set()
 
     async def _claim_forever(self, pool: AsyncConnectionPool) -> None:
-        backoff = 0.05
+        backoff = Backoff(MIN_BACKOFF, MAX_BACKOFF)
         while not self._stopping:
             self._wake.clear()
             free = self.concurrency - len(self._running)
@@ -249,11 +261,10 @@ class Worker:
             if free > 0:
                 try:
                     claimed = await self._claim(pool, free)
-                    backoff = 0.05
+                    backoff.reset()
                 except (psycopg.OperationalError, PoolTimeout) as exc:
                     log.warning("worker %s: cannot claim jobs: %s", self.name, exc)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, MAX_BACKOFF)
+                    await backoff.sleep()
                     continue
             if claimed and claimed == free:
                 continue  # more may be queued; claim again once a slot frees
@@ -312,7 +323,7 @@ class Worker:
     ) -> None:
         """Record the job's end, retrying while the database is away and the lease may hold."""
         deadline = time.monotonic() + self.lease
-        backoff = 0.05
+        backoff = Backoff(MIN_BACKOFF, MAX_BACKOFF)
         while True:
             try:
                 async with pool.connection() as conn:
@@ -328,11 +339,11 @@ class Worker:
                     row = await cur.fetchone()
                 break
             except (psycopg.OperationalError, PoolTimeout) as exc:
-                if time.monotonic() + backoff > deadline:
+                delay = backoff.next()
+                if time.monotonic() + delay > deadline:
                     log.error("job %s: end not recorded, it will run again: %s", job.id, exc)
                     return
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF)
+                await asyncio.sleep(delay)
         if row is None or not row[0]:
             log.warning("job %s: taken back before it ended; its result is dropped", job.id)
             return
@@ -380,27 +391,6 @@ class Worker:
                     await conn.execute(QUERIES["recover_jobs"])
             except (psycopg.OperationalError, PoolTimeout) as exc:
                 log.warning("worker %s: cannot renew leases: %s", self.name, exc)
-
-    async def _listen_forever(self, url: str) -> None:
-        backoff = 0.05
-        while True:
-            try:
-                conn = await db.connect(url, db.LISTENER_APP_NAME)
-                async with conn:
-                    await conn.execute(f"LISTEN {CHANNEL}")
-                    backoff = 0.05
-                    self._wake.set()  # jobs queued while nobody listened
-                    async for _ in conn.notifies():
-                        self._wake.set()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                # As the server's listener does: the database may have restarted
-                # under the pool too, so its connections are probed before use.
-                db.distrust_idle_connections()
-                log.warning("worker %s: LISTEN connection lost: %s", self.name, exc)
-            await asyncio.sleep(backoff * (1 + random.random()))
-            backoff = min(backoff * 2, MAX_BACKOFF)
 
 
 def describe_failure(exc: BaseException) -> str:

@@ -13,41 +13,33 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import HTTPConnection
 
 from ..auth import Principal
-from ..errors import AuthError
-from ..events import is_name
 from ..runtime import Runtime
 
 log = logging.getLogger("pgpulse")
 
 
+RUNTIME_KEY = "pgpulse.runtime"
+PRINCIPAL_KEY = "pgpulse.principal"
+"""Scope keys: the routes' wiring (:mod:`pgpulse.fastapi`, :mod:`pgpulse.routes`)
+puts the running pgpulse and the caller there before a handler runs, so the
+handlers here serve any app that includes them, under any principal."""
+
+
 def get_runtime(conn: HTTPConnection) -> Runtime:
-    runtime: Runtime = conn.app.state.runtime
+    runtime: Runtime | None = conn.scope.get(RUNTIME_KEY)
+    if runtime is None:
+        raise RuntimeError("pgpulse's API routes must be included through Pgpulse.router")
     return runtime
 
 
 def authenticate(conn: HTTPConnection) -> Principal:
-    """The caller, from ``Authorization: Bearer`` or ``?token=`` (or dev mode's ``?tenant_id=``)."""
-    runtime = get_runtime(conn)
-    header = conn.headers.get("authorization")
-    token: str | None = None
-    if header:
-        scheme, _, value = header.partition(" ")
-        if scheme.lower() != "bearer" or not value.strip():
-            raise AuthError("Authorization header must be 'Bearer <token>'")
-        token = value.strip()
-    else:
-        token = conn.query_params.get("token")
-    if token:
-        return runtime.verifier.verify(token)
-    if runtime.settings.insecure_dev:
-        tenant = conn.query_params.get("tenant_id")
-        if is_name(tenant):
-            return Principal(
-                tenant_id=tenant,
-                user_id=user if is_name(user := conn.query_params.get("user_id")) else None,
-                scopes=frozenset({"publish"}),
-            )
-    raise AuthError("missing token: send 'Authorization: Bearer <token>' or '?token='")
+    """The caller, as the principal provider found it; raises the refusal otherwise."""
+    found = conn.scope.get(PRINCIPAL_KEY)
+    if isinstance(found, Principal):
+        return found
+    if isinstance(found, HTTPException):
+        raise found
+    raise RuntimeError("pgpulse's API routes must be included through Pgpulse.router")
 
 
 # Dependencies are ``async def`` on purpose: FastAPI runs a plain ``def``
@@ -60,10 +52,7 @@ async def _runtime(request: Request) -> Runtime:
 
 
 async def _principal(request: Request) -> Principal:
-    try:
-        return authenticate(request)
-    except AuthError as exc:
-        raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
+    return authenticate(request)
 
 
 RuntimeDep = Annotated[Runtime, Depends(_runtime)]

@@ -4,7 +4,8 @@ Same auth, query and guarantees as ``/ws``, through the same
 :class:`~pgpulse.transports.subscription.Stream`. Events carry ``id:`` so the
 browser's ``EventSource`` resumes with ``Last-Event-ID`` by itself; control
 frames come as ``event: control`` without an id, and comment lines keep idle
-connections (and the proxies between) alive.
+connections (and the proxies between) alive. Who may connect is decided
+before :func:`stream` is called (:mod:`pgpulse.transports.admission`).
 """
 
 from __future__ import annotations
@@ -15,41 +16,38 @@ from collections.abc import AsyncIterator
 from fastapi import HTTPException, Request
 from fastapi.responses import StreamingResponse
 
-from ..api.deps import authenticate, get_runtime
-from ..errors import AuthError, DatabaseUnavailable, ForbiddenTopic
+from ..errors import DatabaseUnavailable
 from ..events import Event
 from ..hub import SlowConsumer, Subscription
 from ..runtime import Runtime
+from .admission import Admission, Refused
 from .subscription import HEARTBEAT
-from .ws import parse_last_event_id
 
 RETRY_MS = 1000  # how soon EventSource reconnects
 
 
-async def sse_endpoint(request: Request) -> StreamingResponse:
-    runtime = get_runtime(request)
-    try:
-        principal = authenticate(request)
-        topics = principal.allowed_topics(request.query_params.get("topics"))
-    except ForbiddenTopic as exc:
-        raise HTTPException(403, str(exc)) from None
-    except AuthError as exc:
-        raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
-    try:
-        resume_from = parse_last_event_id(
-            request.headers.get("last-event-id") or request.query_params.get("last_event_id")
-        )
-    except ValueError as exc:
-        raise HTTPException(422, str(exc)) from None
+def refuse(refused: Refused) -> HTTPException:
+    """The HTTP answer to a refused stream (FastAPI turns it into ``{"detail": ...}``)."""
+    return HTTPException(refused.status, refused.message, headers=refused.headers)
+
+
+def last_event_id(request: Request) -> str | None:
+    """The resume point: ``Last-Event-ID`` (EventSource's own) or ``?last_event_id=``."""
+    return request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+
+
+def stream(runtime: Runtime, admission: Admission) -> StreamingResponse:
+    """The event stream of an admitted request."""
+    principal = admission.principal
     subscription = Subscription(
         principal.tenant_id,
         principal.user_id,
-        topics,
+        admission.topics,
         max_events=runtime.settings.queue_max_events,
         max_bytes=runtime.settings.queue_max_bytes,
     )
     return StreamingResponse(
-        _body(runtime, subscription, resume_from),
+        _body(runtime, subscription, admission.resume_from),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -4,20 +4,23 @@ Each connection has two tasks: the writer (this handler) drains the
 connection's stream and sends; the reader answers client frames. A lock keeps
 their sends whole. Protocol pings and the 64 KiB frame limit are uvicorn's
 (``ws_ping_interval``, ``ws_max_size``); floods are counted here.
+
+Who may connect is decided before :func:`stream` is called
+(:mod:`pgpulse.transports.admission`); a refusal goes through :func:`refuse`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable
 
 import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from ..api.deps import authenticate, get_runtime
-from ..errors import AuthError, DatabaseUnavailable
+from ..errors import DatabaseUnavailable
 from ..events import (
     WS_1008_POLICY_VIOLATION,
     WS_1012_SERVICE_RESTART,
@@ -27,38 +30,36 @@ from ..events import (
 )
 from ..hub import SlowConsumer, Subscription
 from ..runtime import Runtime
-from .uvicorn_ws import EXTENSION
+from .admission import Admission, Refused
+from .uvicorn_ws import EXTENSION, PROTOCOL_PATH
+
+log = logging.getLogger("pgpulse.ws")
 
 CLOSE_TIMEOUT = 5.0  # seconds to get a close frame out to a peer that does not read
+MAX_REASON_BYTES = 120  # a close frame's reason has room for 123
+
+_said_no_direct_writes = False
 
 
-def parse_last_event_id(value: str | None) -> int | None:
-    if value is None or value == "":
-        return None
-    if not value.isdigit() or len(value) > 18:
-        raise ValueError(f"last_event_id must be a non-negative integer, got {value[:40]!r}")
-    return int(value)
+async def refuse(websocket: WebSocket, refused: Refused) -> None:
+    """Close a WebSocket that was refused, before any frame, saying why.
+
+    Accept, then close with a reason: a browser cannot read a refused
+    handshake's status, but it can read a close code and reason.
+    """
+    await websocket.accept()
+    await websocket.close(refused.code, reason=_reason(refused.reason))
 
 
-async def websocket_endpoint(websocket: WebSocket) -> None:
-    runtime = get_runtime(websocket)
-    try:
-        principal = authenticate(websocket)
-        topics = principal.allowed_topics(websocket.query_params.get("topics"))
-        resume_from = parse_last_event_id(websocket.query_params.get("last_event_id"))
-    except (AuthError, ValueError) as exc:
-        # Accept, then close with a reason: a browser cannot read a refused
-        # handshake's status, but it can read a close code and reason.
-        await websocket.accept()
-        await websocket.close(WS_1008_POLICY_VIOLATION, reason=str(exc)[:120])
-        return
-
+async def stream(websocket: WebSocket, runtime: Runtime, admission: Admission) -> None:
+    """Serve an admitted WebSocket until either side ends it."""
     await websocket.accept()
     settings = runtime.settings
+    principal = admission.principal
     subscription = Subscription(
         principal.tenant_id,
         principal.user_id,
-        topics,
+        admission.topics,
         max_events=settings.queue_max_events,
         max_bytes=settings.queue_max_bytes,
     )
@@ -67,7 +68,9 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     gauge.inc()
     reader = asyncio.create_task(_read_client(websocket, subscription, lock, runtime))
     try:
-        frames = runtime.stream.frames(subscription, resume_from, direct=_direct_writer(websocket))
+        frames = runtime.stream.frames(
+            subscription, admission.resume_from, direct=_direct_writer(websocket)
+        )
         async with contextlib.aclosing(frames) as items:
             async for item in items:
                 text = item.frame if isinstance(item, Event) else item
@@ -99,9 +102,22 @@ def _direct_writer(websocket: WebSocket) -> Callable[[bytes], bool] | None:
     """Write pre-framed events at once, where the server allows it."""
     extension = websocket.scope.get("extensions", {}).get(EXTENSION)
     if extension is None:
+        global _said_no_direct_writes
+        if not _said_no_direct_writes:
+            _said_no_direct_writes = True
+            log.info(
+                "this server has no pre-framed WebSocket writes (uvicorn's ws=%s adds them); "
+                "events are sent through ASGI, which costs more CPU per socket",
+                PROTOCOL_PATH,
+            )
         return None
     write_frame: Callable[[bytes], bool] = extension["write"]
     return write_frame
+
+
+def _reason(message: str) -> str:
+    """A close reason within the 123 bytes a close frame allows, cut on a character."""
+    return message.encode()[:MAX_REASON_BYTES].decode(errors="ignore")
 
 
 async def _close(websocket: WebSocket, code: int, reason: str) -> None:
