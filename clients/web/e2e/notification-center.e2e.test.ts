@@ -264,6 +264,27 @@ describe("NotificationCenter in Chromium", () => {
     }
   });
 
+  it("diagnoses a refused origin even on a server that does not report it in /healthz", async () => {
+    const { browser } = running();
+    const token = mintToken({ tenant_id: uniqueTenant("e2e-silent") });
+    // A plain web server on another origin: it answers, with no CORS headers and no report.
+    const silent = await serveFolder(demoDir ?? "");
+    const context = await browser.newContext();
+    try {
+      const { page } = await openDemo(context, token, { server: silent.origin, maxDelayMs: "1000" });
+      await page.fill('form[aria-label="Send a notification"] input', "refused");
+      await page.click('form[aria-label="Send a notification"] button[type="submit"]');
+      const alert = await page.waitForSelector('form[aria-label="Send a notification"] [role="alert"]');
+      expect(await alert.textContent()).toBe(
+        `this origin is not allowed: set PGPULSE_ALLOWED_ORIGINS=${running().demo.origin} on the server at ${silent.origin} ` +
+          "(the browser refused its answer to POST /api/notifications under CORS)",
+      );
+    } finally {
+      await context.close();
+      await silent.close();
+    }
+  });
+
   it("does not blame the origin when the server cannot be reached at all", async () => {
     const { browser } = running();
     const token = mintToken({ tenant_id: uniqueTenant("e2e-down") });
