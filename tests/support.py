@@ -174,17 +174,17 @@ def serve_env(database_url: str, data_dir: Path, **settings: object) -> dict[str
 
 
 class PgpulseProcess:
-    """A ``pgpulse`` command as a child process, stopped by its pid.
+    """A ``pgpulse`` command (or ``module``'s) as a child process, stopped by its pid.
 
     Its output goes to a file, not a pipe: a chatty process must never block
     on a pipe nobody reads.
     """
 
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], module: str = "pgpulse") -> None:
         self._log = tempfile.TemporaryFile()
         weakref.finalize(self, self._log.close)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pgpulse", *args],
+            [sys.executable, "-m", module, *args],
             env={**os.environ, **env},
             stdout=self._log,
             stderr=subprocess.STDOUT,
