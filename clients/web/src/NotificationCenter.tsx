@@ -16,7 +16,7 @@ import { useCallback, useEffect, useId, useRef, useState, type CSSProperties, ty
 
 import { applyJobEvent, AI_JOBS_TOPIC, type JobItem } from "./aiJobs.js";
 import type { PgpulseClientOptions, Status } from "./client.js";
-import { listNotifications } from "./http.js";
+import { listNotifications, PgpulseOriginError } from "./http.js";
 import {
   mergeNotifications,
   newestId,
@@ -60,6 +60,8 @@ const STATUS_TEXT: Record<Status, string> = {
   closed: "Disconnected",
 };
 
+const ORIGIN_REFUSED_STATUS = "Live, but the server refuses this page's HTTP calls";
+
 const JOB_STATE_TEXT: Record<JobItem["state"], string> = {
   running: "running",
   complete: "done",
@@ -101,6 +103,8 @@ export function NotificationCenter(props: NotificationCenterProps): ReactElement
   const [readThrough, setReadThrough] = useReadWatermark(props.storageKey);
   const [announcement, setAnnouncement] = useState("");
   const [historyError, setHistoryError] = useState<string | null>(null);
+  // The socket can be live while every HTTP call is refused (CORS): say so, not just "Live".
+  const [originError, setOriginError] = useState<string | null>(null);
 
   const latestProps = useRef(props);
   useEffect(() => {
@@ -122,10 +126,13 @@ export function NotificationCenter(props: NotificationCenterProps): ReactElement
       );
       setItems((current) => mergeNotifications(current, stored.map(notificationFromStored), maxItems));
       setHistoryError(null);
+      setOriginError(null);
     } catch (error) {
       if (controller.signal.aborted) return;
       needsHistory.current = true;
-      setHistoryError(error instanceof Error ? error.message : String(error));
+      const message = error instanceof Error ? error.message : String(error);
+      setHistoryError(message);
+      setOriginError(error instanceof PgpulseOriginError ? message : null);
     }
   }, [maxItems]);
 
@@ -162,7 +169,12 @@ export function NotificationCenter(props: NotificationCenterProps): ReactElement
   const markAllRead = (): void => setReadThrough(newestId(items, readThrough));
 
   return (
-    <section className="pgpulse-nc" aria-label={title} data-status={status}>
+    <section
+      className="pgpulse-nc"
+      aria-label={title}
+      data-status={status}
+      data-problem={originError !== null ? "origin-not-allowed" : undefined}
+    >
       <button
         type="button"
         className="pgpulse-nc__bell"
@@ -179,8 +191,13 @@ export function NotificationCenter(props: NotificationCenterProps): ReactElement
         ) : null}
       </button>
       <span role="status" className="pgpulse-nc__status" data-status={status}>
-        {STATUS_TEXT[status]}
+        {status === "open" && originError !== null ? ORIGIN_REFUSED_STATUS : STATUS_TEXT[status]}
       </span>
+      {originError !== null ? (
+        <p role="alert" className="pgpulse-nc__problem">
+          {originError}
+        </p>
+      ) : null}
       <div aria-live="polite" style={VISUALLY_HIDDEN}>
         {announcement}
       </div>

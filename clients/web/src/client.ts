@@ -38,7 +38,7 @@ import {
   type PgpulseEvent,
   type ResetReason,
 } from "./protocol.js";
-import { resolveToken, type TokenSource } from "./token.js";
+import { resolveOptionalToken, type TokenSource } from "./token.js";
 
 /**
  * Where the client stands.
@@ -78,8 +78,13 @@ export type WebSocketConstructor = new (url: string) => WebSocketLike;
 export interface PgpulseClientOptions {
   /** The server's base URL, e.g. `https://events.example.com` (http(s) or ws(s); relative in a browser). */
   readonly url: string;
-  /** A JWT, or a function returning one; a function lets a refused or expired token be replaced. */
-  readonly token: TokenSource;
+  /**
+   * A JWT, or a function returning one; a function lets a refused or expired
+   * token be replaced. None: the page's cookies authenticate the WebSocket
+   * (an app that embeds pgpulse on its own origin); a refusal then stops the
+   * client until `connect()`, e.g. after the user signs in again.
+   */
+  readonly token?: TokenSource;
   /** Topics to receive; default: every topic the token allows. */
   readonly topics?: readonly string[];
   /** Resume after this id (e.g. one the app persisted); default: from now. */
@@ -172,7 +177,7 @@ export class PgpulseClient {
   #deadlineTimer: ReturnType<typeof setTimeout> | null = null;
   #wasLive = false;
   #resetPending = false;
-  #refused: { readonly token: string; readonly status: Refusal } | null = null;
+  #refused: { readonly token: string | undefined; readonly status: Refusal } | null = null;
 
   constructor(options: PgpulseClientOptions) {
     const WebSocketImpl = options.WebSocket ?? globalWebSocket();
@@ -188,7 +193,7 @@ export class PgpulseClient {
     this.#WebSocket = WebSocketImpl;
     this.#backoff = new Backoff(options.backoff);
     this.#cursor = options.lastEventId;
-    endpoint(options, "", undefined); // reject a malformed URL now, not on the first attempt
+    endpoint(options, undefined, undefined); // reject a malformed URL now, not on the first attempt
     if (options.autoConnect !== false) {
       this.connect();
     }
@@ -250,9 +255,9 @@ export class PgpulseClient {
 
   async #attempt(): Promise<void> {
     const generation = ++this.#generation;
-    let token: string;
+    let token: string | undefined;
     try {
-      token = await resolveToken(this.#options.token);
+      token = await resolveOptionalToken(this.#options.token);
     } catch (cause) {
       if (generation !== this.#generation) return;
       this.#emit("error", new PgpulseClientError(`token provider failed: ${describe(cause)}`, "token", { cause }));
@@ -355,7 +360,7 @@ export class PgpulseClient {
     return control;
   }
 
-  #afterClose(code: number, reason: string, refused: { token: string; status: Refusal } | null): void {
+  #afterClose(code: number, reason: string, refused: { token: string | undefined; status: Refusal } | null): void {
     if (refused !== null) {
       this.#refused = refused;
       // Only a function can come up with another token; a fixed one stops here.
@@ -455,7 +460,7 @@ export class PgpulseClient {
 }
 
 /** The `/ws` URL of one attempt: token, topics and resume point go in the query, the only place a browser can put them. */
-function endpoint(options: PgpulseClientOptions, token: string, lastEventId: number | undefined): string {
+function endpoint(options: PgpulseClientOptions, token: string | undefined, lastEventId: number | undefined): string {
   const base = new URL(options.url, typeof location === "undefined" ? undefined : location.href);
   if (base.protocol === "http:") base.protocol = "ws:";
   else if (base.protocol === "https:") base.protocol = "wss:";
@@ -465,7 +470,7 @@ function endpoint(options: PgpulseClientOptions, token: string, lastEventId: num
   base.pathname = base.pathname.replace(/\/+$/, "") + (options.path ?? DEFAULT_PATH);
   base.search = "";
   base.hash = "";
-  base.searchParams.set("token", token);
+  if (token !== undefined) base.searchParams.set("token", token);
   if (options.topics !== undefined && options.topics.length > 0) {
     base.searchParams.set("topics", options.topics.join(","));
   }

@@ -1,15 +1,27 @@
 /**
- * The HTTP API (contract §4) for the calls a browser app makes: its
+ * The HTTP API (docs/api.md §4) for the calls a browser app makes: its
  * notification history, publishing, and jobs. Tokens travel in the
  * `Authorization` header, never in the URL, where logs would keep them.
+ * Without a token a request carries the page's own cookies, which is how an
+ * app that embeds pgpulse (library mode, same origin) authenticates.
+ *
+ * A browser hides why a cross-origin request failed: a response refused
+ * under CORS and an unreachable server both reject `fetch` with a bare
+ * TypeError. The difference matters (one is a line of configuration), so a
+ * failed cross-origin request is followed by two questions. `GET /healthz`,
+ * which the server lets any origin read, says whether this page's origin is
+ * allowed and what to set if not. A server that does not say is asked with
+ * a `no-cors` request to the same URL, which CORS does not govern: if that
+ * gets an answer, the server is up and only this origin can be refused.
  */
 
-import { resolveToken, type TokenSource } from "./token.js";
+import { resolveOptionalToken, type TokenSource } from "./token.js";
 
 export interface HttpOptions {
   /** The server's base URL, e.g. `https://events.example.com` (relative in a browser). */
   readonly url: string;
-  readonly token: TokenSource;
+  /** A JWT, or a function returning one; none sends the page's cookies instead (same origin). */
+  readonly token?: TokenSource;
   readonly signal?: AbortSignal;
   /** The fetch implementation; default the global one. */
   readonly fetch?: typeof fetch;
@@ -86,6 +98,29 @@ export class PgpulseHttpError extends Error {
   }
 }
 
+/**
+ * The browser refused the server's answer because the server does not allow
+ * this page's origin (CORS): the server is up, and one setting fixes it.
+ */
+export class PgpulseOriginError extends Error {
+  override readonly name = "PgpulseOriginError";
+  constructor(
+    /** The page's origin, the one to allow. */
+    readonly origin: string,
+    /** The server's origin. */
+    readonly server: string,
+    method: string,
+    path: string,
+    options: { readonly cause?: unknown; readonly advice?: string } = {},
+  ) {
+    // The server's own advice names the origins it allows already; without it, this one.
+    const advice = options.advice ?? `this origin is not allowed: set PGPULSE_ALLOWED_ORIGINS=${origin}`;
+    super(`${advice} on the server at ${server} (the browser refused its answer to ${method} ${path} under CORS)`, {
+      cause: options.cause,
+    });
+  }
+}
+
 /** The tenant's notifications, newest first; `before` pages back from a notification id. */
 export function listNotifications(
   options: HttpOptions,
@@ -158,20 +193,94 @@ interface WireJob<TResult, TInput> {
 }
 
 async function request<T>(options: HttpOptions, method: "GET" | "POST", path: string, body?: unknown): Promise<T> {
-  const token = await resolveToken(options.token);
-  const headers: Record<string, string> = { Authorization: `Bearer ${token}`, Accept: "application/json" };
+  const token = await resolveOptionalToken(options.token);
+  const headers: Record<string, string> = { Accept: "application/json" };
+  if (token !== undefined) headers.Authorization = `Bearer ${token}`;
   if (body !== undefined) headers["Content-Type"] = "application/json";
   const fetchImpl = options.fetch ?? fetch;
-  const response = await fetchImpl(apiUrl(options.url, path), {
-    method,
-    headers,
-    body: body === undefined ? undefined : JSON.stringify(body),
-    signal: options.signal,
-  });
+  const url = apiUrl(options.url, path);
+  const bare = path.split("?")[0] ?? path;
+  let response: Response;
+  try {
+    response = await fetchImpl(url, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      signal: options.signal,
+    });
+  } catch (error) {
+    throw await diagnose(error, { fetchImpl, base: options.url, url, method, path: bare, signal: options.signal });
+  }
   if (!response.ok) {
-    throw new PgpulseHttpError(response.status, await response.text(), method, path.split("?")[0] ?? path);
+    throw new PgpulseHttpError(response.status, await response.text(), method, bare);
   }
   return (await response.json()) as T;
+}
+
+/**
+ * Why `fetch` rejected: a `PgpulseOriginError` when the server says (in
+ * `/healthz`) or shows (by answering a `no-cors` request) that it is up and
+ * refuses this page's origin, else the original error. Only a cross-origin
+ * TypeError in a browser is looked into.
+ */
+async function diagnose(
+  error: unknown,
+  call: {
+    readonly fetchImpl: typeof fetch;
+    /** The server's base URL, as the caller gave it. */
+    readonly base: string;
+    readonly url: string;
+    readonly method: string;
+    readonly path: string;
+    readonly signal: AbortSignal | undefined;
+  },
+): Promise<unknown> {
+  const { fetchImpl, url, method, path, signal } = call;
+  const page = pageOrigin();
+  const server = new URL(url).origin;
+  if (!(error instanceof TypeError) || page === undefined || page === server || signal?.aborted === true) {
+    return error;
+  }
+  const report = await originReport(fetchImpl, apiUrl(call.base, "/healthz"), signal);
+  if (report !== undefined) {
+    return report.allowed ? error : new PgpulseOriginError(page, server, method, path, { cause: error, advice: report.message });
+  }
+  try {
+    // An opaque answer (any status) proves the server is reachable; no
+    // headers and GET keep it a "simple" request, so no preflight is sent.
+    await fetchImpl(url, { method: "GET", mode: "no-cors", credentials: "omit", cache: "no-store", signal });
+  } catch {
+    return error; // unreachable (down, offline, blocked): not an origin problem
+  }
+  return new PgpulseOriginError(page, server, method, path, { cause: error });
+}
+
+/**
+ * What the server's `GET /healthz` says of this page's origin: allowed, or
+ * not with the setting to change. Undefined when the server does not say
+ * (it cannot be reached, or predates the report).
+ */
+async function originReport(
+  fetchImpl: typeof fetch,
+  healthz: string,
+  signal: AbortSignal | undefined,
+): Promise<{ readonly allowed: boolean; readonly message?: string } | undefined> {
+  try {
+    const response = await fetchImpl(healthz, { method: "GET", credentials: "omit", cache: "no-store", signal });
+    if (!response.ok) return undefined;
+    const body = (await response.json()) as { origin?: { allowed?: unknown; message?: unknown } } | null;
+    const origin = body?.origin;
+    if (origin === undefined || typeof origin.allowed !== "boolean") return undefined;
+    return { allowed: origin.allowed, message: typeof origin.message === "string" ? origin.message : undefined };
+  } catch {
+    return undefined;
+  }
+}
+
+function pageOrigin(): string | undefined {
+  if (typeof location === "undefined") return undefined;
+  const origin = location.origin;
+  return origin === "null" || origin === "" ? undefined : origin;
 }
 
 function apiUrl(base: string, path: string): string {

@@ -28,6 +28,7 @@ export {
   publishEvent,
   submitJob,
   PgpulseHttpError,
+  PgpulseOriginError,
   type EventToPublish,
   type HttpOptions,
   type JobSnapshot,

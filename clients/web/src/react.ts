@@ -3,7 +3,7 @@
  * component wants it, and `usePgpulseListener` attaches a callback to one.
  *
  * Options arrive as a fresh object on every render, so the client is keyed by
- * what defines a subscription (URL, path, topics, a fixed token) and not by
+ * what defines a subscription (URL, path, topics, a fixed token or none) and not by
  * the object: re-rendering never reconnects, and changing one of those opens
  * a new subscription and closes the old. A token function is read through a
  * ref at each connection, so an inline arrow function costs nothing.
@@ -56,7 +56,7 @@ export function usePgpulse(options: UsePgpulseOptions): PgpulseState {
     options.url,
     options.path ?? null,
     options.topics ?? null,
-    typeof options.token === "string" ? options.token : null,
+    typeof options.token === "string" ? ["token", options.token] : options.token === undefined ? ["cookies"] : ["function"],
   ]);
 
   const [client, setClient] = useState<PgpulseClient | null>(null);
@@ -70,7 +70,7 @@ export function usePgpulse(options: UsePgpulseOptions): PgpulseState {
     const initial = latest.current;
     const created = new PgpulseClient({
       ...initial,
-      token: typeof initial.token === "string" ? initial.token : () => resolveToken(latest.current.token),
+      token: typeof initial.token === "function" ? () => resolveToken(latest.current.token ?? "") : initial.token,
       autoConnect: false,
     });
     setState({ ...IDLE, lastEventId: created.lastEventId });

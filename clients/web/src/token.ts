@@ -15,3 +15,8 @@ export async function resolveToken(source: TokenSource): Promise<string> {
   }
   return value;
 }
+
+/** The token to use now, or undefined when there is none (the page's cookies authenticate instead). */
+export async function resolveOptionalToken(source: TokenSource | undefined): Promise<string | undefined> {
+  return source === undefined ? undefined : resolveToken(source);
+}
