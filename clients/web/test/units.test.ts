@@ -8,7 +8,7 @@ import { mergeNotifications, newestId, notificationFromEvent, unreadCount } from
 import { parseFrame, type PgpulseEvent } from "../src/protocol.js";
 
 function event(id: number, topic: string, type: string, data: unknown): PgpulseEvent {
-  return { id, tenant_id: "t", topic, type, data, ts: "2024-01-01T00:00:00Z" };
+  return { id, key: id, tenant_id: "t", topic, type, data, ts: "2024-01-01T00:00:00Z" };
 }
 
 describe("parseFrame", () => {
