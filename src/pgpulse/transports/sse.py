@@ -47,6 +47,7 @@ async def sse_endpoint(request: Request) -> StreamingResponse:
         topics,
         max_events=runtime.settings.queue_max_events,
         max_bytes=runtime.settings.queue_max_bytes,
+        transport="sse",
     )
     return StreamingResponse(
         _body(runtime, subscription, resume_from),
