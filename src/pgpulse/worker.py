@@ -41,6 +41,7 @@ from . import db
 from .errors import InvalidJob
 from .events import MAX_NAME_LENGTH, is_name
 from .migrate import migrate
+from .nodes import HEARTBEAT_INTERVAL, Heartbeat
 from .publish import encode_json
 from .sql import QUERIES
 
@@ -159,6 +160,7 @@ class Worker:
         poll_interval: float = 5.0,
         grace: float = 10.0,
         name: str | None = None,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -177,6 +179,9 @@ class Worker:
         self._wake = asyncio.Event()
         self._stopping = False
         self.jobs_done = 0
+        self.heartbeat_interval = heartbeat_interval
+        self.listening = False  # the LISTEN connection is up (shown by the console)
+        self.listen_reconnects = 0
 
     def handler(self, kind: str) -> Callable[[Handler], Handler]:
         """Register the decorated coroutine function as the handler of ``kind``."""
@@ -222,6 +227,9 @@ class Worker:
             loop.create_task(self._renew_forever(pool), name="pgpulse-worker-leases"),
             loop.create_task(self._stop_on(stop), name="pgpulse-worker-stop"),
         ]
+        # Registered under its name, which is also what its jobs' rows call it.
+        heartbeat = Heartbeat(pool, "worker", self._stats, self.heartbeat_interval, self.name)
+        heartbeat.start()
         kinds = ", ".join(self.kinds)
         log.info("worker %s: kinds %s, concurrency %d", self.name, kinds, self.concurrency)
         try:
@@ -233,6 +241,7 @@ class Worker:
             for task in helpers:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await heartbeat.stop()
             await pool.close()
 
     async def _stop_on(self, stop: asyncio.Event) -> None:
@@ -381,13 +390,26 @@ class Worker:
             except (psycopg.OperationalError, PoolTimeout) as exc:
                 log.warning("worker %s: cannot renew leases: %s", self.name, exc)
 
+    async def _stats(self, conn: psycopg.AsyncConnection[Any]) -> dict[str, Any]:
+        """What the node registry shows of this worker."""
+        return {
+            "kinds": self.kinds,
+            "concurrency": self.concurrency,
+            "running": len(self._running),
+            "jobs_done": self.jobs_done,
+            "listener": {"connected": self.listening, "reconnects": self.listen_reconnects},
+        }
+
     async def _listen_forever(self, url: str) -> None:
         backoff = 0.05
+        listened = False
         while True:
             try:
                 conn = await db.connect(url, db.LISTENER_APP_NAME)
                 async with conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
+                    self.listen_reconnects += listened
+                    self.listening = listened = True
                     backoff = 0.05
                     self._wake.set()  # jobs queued while nobody listened
                     async for _ in conn.notifies():
@@ -399,6 +421,7 @@ class Worker:
                 # under the pool too, so its connections are probed before use.
                 db.distrust_idle_connections()
                 log.warning("worker %s: LISTEN connection lost: %s", self.name, exc)
+            self.listening = False
             await asyncio.sleep(backoff * (1 + random.random()))
             backoff = min(backoff * 2, MAX_BACKOFF)
 
