@@ -27,7 +27,7 @@ from psycopg import OperationalError
 from psycopg_pool import PoolTimeout
 
 from . import db
-from .api import events, health, jobs, notifications
+from .api import admin, console, docs, events, health, jobs, notifications
 from .api.deps import database_unavailable, describe_errors
 from .auth import Verifier
 from .history import History
@@ -35,6 +35,7 @@ from .hub import Hub
 from .listener import Listener
 from .metrics import Metrics
 from .migrate import migrate
+from .nodes import ServerNode
 from .publish import BatchPublisher
 from .retention import prune_forever
 from .routes import DirectRoutes
@@ -116,10 +117,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         pool = await db.open_pool(url, settings.pool_min_size, settings.pool_max_size)
         metrics = Metrics()
         hub = Hub()
+        # Between listener and hub, it times each event; its heartbeat registers this process.
+        node = ServerNode(hub, metrics, settings.node_heartbeat_interval)
         listener = Listener(
             url,
             pool,
-            hub,
+            node,
             poll_interval=settings.listener_poll_interval,
             on_events=metrics.events_delivered.inc,
         )
@@ -139,6 +142,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics=metrics,
         )
         listener.start()
+        node.listener_connected = lambda: listener.connected
+        node.listener_reconnects = lambda: listener.reconnects
+        heartbeat = node.heartbeat(pool)
+        heartbeat.start()
         pruner = asyncio.create_task(
             prune_forever(
                 pool,
@@ -154,12 +161,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             pruner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await pruner
+            await heartbeat.stop()
             await listener.stop()
             await pool.close()
             if embedded is not None:
                 embedded.stop()
 
-    app = FastAPI(title="pgpulse", lifespan=lifespan)
+    # /docs and /redoc come from the wheel (api/docs.py), not from a CDN.
+    app = FastAPI(title="pgpulse", lifespan=lifespan, docs_url=None, redoc_url=None)
     # Added first, so that CORS (added next) wraps it: the routes it serves
     # ahead of the app get the same cross-origin answers as the app's own.
     app.add_middleware(DirectRoutes)  # /ws, /ws/notifications, POST /api/events
@@ -176,6 +185,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(events.router)
     app.include_router(jobs.router)
     app.include_router(health.router)
+    app.include_router(admin.router)
+    app.include_router(console.router)
+    app.include_router(docs.router)
     app.add_api_route("/sse", sse_endpoint, methods=["GET"])
 
     @app.exception_handler(RequestValidationError)
