@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import signal
 from collections.abc import AsyncIterator, Callable
@@ -151,15 +152,17 @@ async def test_overview_shows_this_node_its_connections_and_rates(
                 "/api/events", json={"type": "load", "data": {"i": i}}, headers=bearer(token)
             )
             assert r.status_code == 201, r.text
-        assert [e["data"]["i"] for e in await events(ws1, 20)] == list(range(20))
+        for ws in (ws1, ws2):  # read: a client that stops reading holds up its own close
+            assert [e["data"]["i"] for e in await events(ws, 20)] == list(range(20))
 
         # Within a few beats the series holds the load: 20 events, 40 deliveries.
+        # Rates times the time between samples add up to counts (beats may slip).
+        def total(series: list[dict[str, Any]], key: str) -> float:
+            return sum((b[key] or 0) * (b["t"] - a["t"]) for a, b in itertools.pairwise(series))
+
         def loaded(body: Any) -> bool:
             series = body["series"]
-            return (
-                sum((s["events_per_s"] or 0) * BEAT for s in series) >= 19
-                and sum((s["deliveries_per_s"] or 0) * BEAT for s in series) >= 39
-            )
+            return total(series, "events_per_s") >= 18 and total(series, "deliveries_per_s") >= 36
 
         body = await until(node, loaded)
         [me] = nodes_of(body, os.getpid())
@@ -177,9 +180,10 @@ async def test_a_killed_server_goes_down_and_its_row_is_removed_later(
     try:
         await asyncio.to_thread(child.wait_ready, 30)
         pid = child.proc.pid
-        body = await until(node, lambda b: any(n["up"] for n in nodes_of(b, pid)))
+        # Up at its first beat, ready once its listener is connected too.
+        body = await until(node, lambda b: any(n["ready"] for n in nodes_of(b, pid)))
         [row] = nodes_of(body, pid)
-        assert row["ready"] and row["stats"]["listener"]["connected"]
+        assert row["up"] and row["stats"]["listener"]["connected"]
         os.killpg(pid, signal.SIGKILL)  # no clean stop: its row stays, and goes silent
         await asyncio.to_thread(child.proc.wait, TIMEOUT)
         body = await until(node, lambda b: [n["up"] for n in nodes_of(b, pid)] == [False])
