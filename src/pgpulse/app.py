@@ -5,7 +5,8 @@ same router and the same running context an app would include, with the
 JWT provider as the principal. What it adds is what only a server of its
 own needs: the hot routes served ahead of FastAPI
 (:class:`pgpulse.routes.DirectRoutes`), CORS for pages on other origins,
-health and metrics, one-line error bodies, and tokens kept out of logs.
+health and metrics, the console and its admin API, ``/docs`` served from
+the wheel, one-line error bodies, and tokens kept out of logs.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ from __future__ import annotations
 import logging
 import re
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from psycopg import OperationalError
 from psycopg_pool import PoolTimeout
 
+from .api import admin, console, docs
 from .api.deps import database_unavailable, describe_errors
 from .cors import CORS
 from .fastapi import Pgpulse
@@ -54,7 +56,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Any page may open a WebSocket: its token is in the URL, not in a cookie
     # that the browser would send for another site's page.
     pulse = Pgpulse(settings=settings, allowed_origins="*")
-    app = FastAPI(title="pgpulse", lifespan=pulse.lifespan)
+    # /docs and /redoc come from the wheel (api/docs.py), not from a CDN.
+    app = FastAPI(title="pgpulse", lifespan=pulse.lifespan, docs_url=None, redoc_url=None)
     app.state.pgpulse = pulse
     # Added first, so that CORS (added next) wraps it: the routes it serves
     # ahead of the app get the same cross-origin answers as the app's own.
@@ -62,6 +65,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(CORS, allowed_origins=settings.allowed_origins)
     app.include_router(pulse.router)
     app.include_router(pulse.health_router)
+    app.include_router(admin.router, dependencies=[Depends(pulse.bind_runtime)])
+    app.include_router(console.router)
+    app.include_router(docs.router)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

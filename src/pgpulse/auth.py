@@ -28,6 +28,11 @@ from .settings import Settings
 
 log = logging.getLogger("pgpulse.auth")
 
+ADMIN_SCOPE = "admin"
+"""The scope of the console and ``/api/admin``: every tenant's state, and tokens for any."""
+ADMIN_TENANT = "*"
+"""The tenant claim of admin tokens minted here: an admin token reads no one tenant
+(the admin API ignores its tenant; tenant sockets get tokens of their own)."""
 SECRET_BYTES = 48
 LEEWAY = 5  # seconds of clock skew tolerated on exp/nbf/iat
 VERIFIED_CACHE_SIZE = 10_000  # verified tokens remembered (the whole token is the key)

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from . import db
-from .auth import Verifier
+from .auth import ADMIN_SCOPE, ADMIN_TENANT, Verifier
 from .errors import PgpulseError
 from .settings import Settings
 
@@ -41,6 +41,8 @@ DataDir = Annotated[
     typer.Option("--data-dir", help="Data directory (embedded PostgreSQL, generated secret)."),
 ]
 DEFAULT_URL = "http://127.0.0.1:8000"
+CONSOLE_LINK_TTL = "24h"
+"""Life of the admin token in the console link ``serve`` prints (zero-config secret only)."""
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -125,7 +127,8 @@ def serve(
     with database(settings) as url:
         run(migrate(url))
         try:
-            Verifier.from_settings(settings)  # generate the secret once, before workers race
+            # Generate the secret once, before workers race.
+            verifier = Verifier.from_settings(settings)
         except PgpulseError as exc:
             fail(str(exc))
         os.environ.update(server.worker_environment(settings, url))
@@ -136,6 +139,19 @@ def serve(
             f"(mint a token: pgpulse token --tenant acme)",
             highlight=False,
         )
+        if not settings.jwt_secret and not settings.jwt_public_key:
+            # The secret is this server's own, so nobody else can mint an admin
+            # token yet: hand one over here, as Jupyter does. In the fragment,
+            # which browsers never send, so it stays out of every access log.
+            admin = verifier.mint(
+                ADMIN_TENANT, scopes=[ADMIN_SCOPE], ttl=parse_ttl(CONSOLE_LINK_TTL)
+            )
+            err.print(
+                f"console ({CONSOLE_LINK_TTL}; another: pgpulse token --scope admin):\n"
+                f"    {escape(console_url(settings.host, settings.port))}#token={admin}",
+                highlight=False,
+                soft_wrap=True,
+            )
         # uvicorn re-raises SIGTERM once it has shut down; turn it into a normal
         # exit so that the embedded PostgreSQL is stopped on the way out.
         signal.signal(signal.SIGTERM, _exit_quietly)
@@ -148,6 +164,15 @@ def serve(
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # let the cleanup finish
         if not started:
             fail("the server did not start (see the log above)")
+
+
+def console_url(host: str, port: int) -> str:
+    """Where a browser on this machine finds the console of a server bound to ``host``."""
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}/console"
 
 
 def _exit_quietly(signum: int, frame: object) -> None:
@@ -191,6 +216,7 @@ def worker(
         fail(f"--app {app}: {exc}", 2)
     if not job_worker.handlers:
         fail(f"--app {app}: no handlers to run", 2)
+    job_worker.heartbeat_interval = settings.node_heartbeat_interval
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
 
     async def go(url: str) -> None:
@@ -239,14 +265,24 @@ def migrate_cmd(data_dir: DataDir = None) -> None:
 
 @cli.command()
 def token(
-    tenant: Annotated[str, typer.Option(help="Tenant id (the tenant_id claim).")],
+    tenant: Annotated[
+        str | None,
+        typer.Option(help="Tenant id (the tenant_id claim); not needed with --scope admin."),
+    ] = None,
     user: Annotated[str | None, typer.Option(help="User id (the sub claim).")] = None,
-    scope: Annotated[list[str] | None, typer.Option(help="Scope to grant, e.g. publish.")] = None,
+    scope: Annotated[
+        list[str] | None,
+        typer.Option(help="Scope to grant: publish, or admin for the console and /api/admin."),
+    ] = None,
     topics: Annotated[str | None, typer.Option(help="Comma-separated topics it may read.")] = None,
     ttl: Annotated[str, typer.Option(help="Lifetime: 3600, 30m, 1h, 7d.")] = "1h",
     data_dir: DataDir = None,
 ) -> None:
     """Mint a token with this server's configuration (HS256 secret)."""
+    if tenant is None:
+        if ADMIN_SCOPE not in (scope or []):
+            fail("give --tenant T (only an admin token, --scope admin, goes without one)", 2)
+        tenant = ADMIN_TENANT
     settings = load_settings(data_dir=data_dir)
     topic_list = [t.strip() for t in topics.split(",") if t.strip()] if topics else None
     try:

@@ -246,15 +246,17 @@ class Pgpulse:
         router.include_router(jobs.router, dependencies=api)
         return router
 
-    def _build_health_router(self) -> APIRouter:
-        async def bind(conn: HTTPConnection) -> None:
-            try:
-                conn.scope[RUNTIME_KEY] = self._running_or_refuse()
-            except Refused as refused:
-                raise HTTPException(refused.status, refused.message) from None
+    async def bind_runtime(self, conn: HTTPConnection) -> None:
+        """A dependency that puts the running pgpulse where API handlers find it
+        (for routes that authenticate by themselves, such as health and admin)."""
+        try:
+            conn.scope[RUNTIME_KEY] = self._running_or_refuse()
+        except Refused as refused:
+            raise HTTPException(refused.status, refused.message) from None
 
+    def _build_health_router(self) -> APIRouter:
         router = APIRouter()
-        router.include_router(health.router, dependencies=[Depends(bind)])
+        router.include_router(health.router, dependencies=[Depends(self.bind_runtime)])
         return router
 
 

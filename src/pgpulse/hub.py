@@ -50,6 +50,7 @@ class Subscription:
         "restarting",
         "tenant_id",
         "topics",
+        "transport",
         "user_id",
     )
 
@@ -60,8 +61,10 @@ class Subscription:
         topics: frozenset[str] | None = None,
         max_events: int = 1000,
         max_bytes: int = 4 * 1024 * 1024,
+        transport: str = "ws",
     ) -> None:
         self.tenant_id = tenant_id
+        self.transport = transport  # "ws" or "sse": how the console counts connections
         self.user_id = user_id
         self.topics = topics
         self.max_events = max_events
@@ -155,11 +158,12 @@ class Subscription:
 
 
 class _Room:
-    __slots__ = ("cursor", "subscriptions")
+    __slots__ = ("cursor", "sse", "subscriptions")
 
     def __init__(self, cursor: int) -> None:
         self.cursor = cursor
         self.subscriptions: set[Subscription] = set()
+        self.sse = 0  # of which SSE streams; the rest are WebSockets
 
 
 class Hub:
@@ -188,16 +192,27 @@ class Hub:
             room = self._rooms[subscription.tenant_id] = _Room(head)
             if self.on_new_room is not None:
                 self.on_new_room(subscription.tenant_id)
-        room.subscriptions.add(subscription)
+        if subscription not in room.subscriptions:
+            room.subscriptions.add(subscription)
+            room.sse += subscription.transport == "sse"
         return room.cursor
 
     def leave(self, subscription: Subscription) -> None:
         subscription.close()
         room = self._rooms.get(subscription.tenant_id)
-        if room is not None:
-            room.subscriptions.discard(subscription)
+        if room is not None and subscription in room.subscriptions:
+            room.subscriptions.remove(subscription)
+            room.sse -= subscription.transport == "sse"
             if not room.subscriptions:
                 del self._rooms[subscription.tenant_id]
+
+    def tenant_connections(self) -> dict[str, tuple[int, int]]:
+        """Each tenant's local connections as (WebSockets, SSE streams), counted as they
+        join and leave so that reading them costs one pass over the rooms."""
+        return {
+            tenant: (len(room.subscriptions) - room.sse, room.sse)
+            for tenant, room in self._rooms.items()
+        }
 
     def positions(self, tenants: Iterable[str] | None = None) -> dict[str, int]:
         """Each room's cursor, for ``tenants`` (those with a room) or for all rooms."""

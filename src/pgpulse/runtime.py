@@ -34,6 +34,7 @@ from .history import History
 from .hub import Hub
 from .listener import Listener
 from .metrics import Metrics
+from .nodes import ServerNode
 from .publish import BatchPublisher
 from .retention import prune_forever
 from .settings import Settings
@@ -63,6 +64,7 @@ class Runtime:
     stream: Stream
     publisher: BatchPublisher
     metrics: Metrics
+    node: ServerNode
 
 
 @contextlib.asynccontextmanager
@@ -89,10 +91,13 @@ async def running(settings: Settings, migrate_mode: MigrateMode = "auto") -> Asy
         stack.push_async_callback(pool.close)
         metrics = Metrics()
         hub = Hub()
+        # Between listener and hub, it times each event; its heartbeat
+        # registers this process in pgpulse.nodes, for the console.
+        node = ServerNode(hub, metrics, settings.node_heartbeat_interval)
         listener = Listener(
             url,
             pool,
-            hub,
+            node,
             poll_interval=settings.listener_poll_interval,
             on_events=metrics.events_delivered.inc,
         )
@@ -108,9 +113,15 @@ async def running(settings: Settings, migrate_mode: MigrateMode = "auto") -> Asy
             stream=Stream(hub, history),
             publisher=BatchPublisher(pool),
             metrics=metrics,
+            node=node,
         )
         listener.start()
         stack.push_async_callback(listener.stop)
+        node.listener_connected = lambda: listener.connected
+        node.listener_reconnects = lambda: listener.reconnects
+        heartbeat = node.heartbeat(pool)
+        heartbeat.start()
+        stack.push_async_callback(heartbeat.stop)
         pruner = asyncio.create_task(
             prune_forever(
                 pool,

@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     topics_claim: str = "topics"
     allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """Comma-separated origins allowed to call the HTTP API from a browser (CORS)."""
+    node_heartbeat_interval: float = Field(default=2.0, gt=0, le=60)  # seconds
+    """How often each server process and job worker writes its row of the node
+    registry (the console's view of the cluster); five missed make it "down"."""
 
     @field_validator("allowed_origins", "job_kinds", mode="before")
     @classmethod

@@ -43,6 +43,7 @@ from .errors import InvalidJob
 from .events import MAX_NAME_LENGTH, is_name
 from .listen import Listen
 from .migrate import migrate
+from .nodes import HEARTBEAT_INTERVAL, Heartbeat
 from .publish import encode_json
 from .sql import QUERIES
 
@@ -162,6 +163,7 @@ class Worker:
         poll_interval: float = 5.0,
         grace: float = 10.0,
         name: str | None = None,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -180,6 +182,8 @@ class Worker:
         self._wake = asyncio.Event()
         self._stopping = False
         self.jobs_done = 0
+        self.heartbeat_interval = heartbeat_interval
+        self._listen: Listen | None = None  # shown by the console: connected, reconnects
 
     def handler(self, kind: str) -> Callable[[Handler], Handler]:
         """Register the decorated coroutine function as the handler of ``kind``."""
@@ -220,7 +224,7 @@ class Worker:
         await migrate(url)
         pool = await db.open_pool(url, 1, self.concurrency + 2)
         loop = asyncio.get_running_loop()
-        listen = Listen(
+        listen = self._listen = Listen(
             url,
             CHANNEL,
             on_notify=lambda _payload: self._wake.set(),
@@ -234,6 +238,9 @@ class Worker:
             loop.create_task(self._renew_forever(pool), name="pgpulse-worker-leases"),
             loop.create_task(self._stop_on(stop), name="pgpulse-worker-stop"),
         ]
+        # Registered under its name, which is also what its jobs' rows call it.
+        heartbeat = Heartbeat(pool, "worker", self._stats, self.heartbeat_interval, self.name)
+        heartbeat.start()
         kinds = ", ".join(self.kinds)
         log.info("worker %s: kinds %s, concurrency %d", self.name, kinds, self.concurrency)
         try:
@@ -245,6 +252,7 @@ class Worker:
             for task in helpers:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await heartbeat.stop()
             await pool.close()
 
     async def _stop_on(self, stop: asyncio.Event) -> None:
@@ -391,6 +399,19 @@ class Worker:
                     await conn.execute(QUERIES["recover_jobs"])
             except (psycopg.OperationalError, PoolTimeout) as exc:
                 log.warning("worker %s: cannot renew leases: %s", self.name, exc)
+
+    async def _stats(self, conn: psycopg.AsyncConnection[Any]) -> dict[str, Any]:
+        """What the node registry shows of this worker."""
+        return {
+            "kinds": self.kinds,
+            "concurrency": self.concurrency,
+            "running": len(self._running),
+            "jobs_done": self.jobs_done,
+            "listener": {
+                "connected": self._listen is not None and self._listen.connected,
+                "reconnects": self._listen.reconnects if self._listen is not None else 0,
+            },
+        }
 
 
 def describe_failure(exc: BaseException) -> str:

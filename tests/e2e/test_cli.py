@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import stat
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import orjson
 import psycopg
 import websockets
@@ -61,6 +63,19 @@ async def test_zero_config_serve_token_publish(tmp_path: Path) -> None:
         assert stat.S_IMODE(secret.parent.stat().st_mode) == 0o700
         token = pgpulse("token", "--tenant", "acme", env=env)
         assert token.returncode == 0, token.stderr
+        # The generated secret is the server's own: it hands over a console link, once.
+        links = re.findall(r"(http://127\.0\.0\.1:\d+/console)#token=(\S+)", server.output())
+        assert len(links) == 1, server.output()
+        [(console, admin)] = links
+        assert console == f"http://127.0.0.1:{port}/console"
+        minted = pgpulse("token", "--scope", "admin", env=env)
+        assert minted.returncode == 0, minted.stderr
+        async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT) as http:
+            for admin_token in (admin, minted.stdout.strip()):
+                overview = await http.get(
+                    "/api/admin/overview", headers={"Authorization": f"Bearer {admin_token}"}
+                )
+                assert overview.status_code == 200, overview.text
         url = f"ws://127.0.0.1:{port}/ws?token={token.stdout.strip()}"
         async with websockets.connect(url, open_timeout=TIMEOUT) as ws:
             await until_ready(ws)
@@ -82,6 +97,7 @@ async def test_zero_config_serve_token_publish(tmp_path: Path) -> None:
     # The access log names the WebSocket path; the token in it is redacted.
     assert "/ws?token=***" in server.output()
     assert token.stdout.strip() not in server.output()
+    assert server.output().count(admin) == 1  # printed once, never logged
     # The server that started the embedded PostgreSQL stopped it.
     assert not postmaster_running(data_dir / "postgres"), server.output()
 
@@ -92,6 +108,8 @@ def test_migrate_token_and_bad_arguments(database_url: str, tmp_path: Path) -> N
     assert migrated.returncode == 0 and "version" in migrated.stdout
     for args in (
         ["token", "--tenant", "a", "--ttl", "soon"],
+        ["token"],
+        ["token", "--scope", "publish"],
         ["publish", "acme", "t", "not json"],
         ["tail"],
     ):

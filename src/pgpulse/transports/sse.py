@@ -45,6 +45,7 @@ def stream(runtime: Runtime, admission: Admission) -> StreamingResponse:
         admission.topics,
         max_events=runtime.settings.queue_max_events,
         max_bytes=runtime.settings.queue_max_bytes,
+        transport="sse",
     )
     return StreamingResponse(
         _body(runtime, subscription, admission.resume_from),

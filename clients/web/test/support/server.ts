@@ -28,6 +28,8 @@ export interface ServerOptions {
   readonly dataDir?: string;
   /** PGPULSE_ALLOWED_ORIGINS: the origins whose pages may call the HTTP API. */
   readonly allowedOrigins?: readonly string[];
+  /** `--workers N`: serving processes. Default 1. */
+  readonly workers?: number;
 }
 
 export interface RunningServer {
@@ -52,7 +54,9 @@ export interface RunningWorker {
 export async function startServer(options: ServerOptions = {}): Promise<RunningServer> {
   const port = options.port ?? (await freePort());
   const dataDir = options.dataDir ?? (await mkdtemp(join(tmpdir(), "pgpulse-web-")));
-  const child = await launch(["serve", "--host", "127.0.0.1", "--port", String(port)], dataDir, {
+  const args = ["serve", "--host", "127.0.0.1", "--port", String(port)];
+  if (options.workers !== undefined) args.push("--workers", String(options.workers));
+  const child = await launch(args, dataDir, {
     PGPULSE_ALLOWED_ORIGINS: (options.allowedOrigins ?? []).join(","),
   });
   const url = `http://127.0.0.1:${port}`;
