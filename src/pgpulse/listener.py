@@ -154,4 +154,3 @@ class Listener:
                 counts[event.tenant_id] = counts.get(event.tenant_id, 0) + 1
             full = [t for t, n in counts.items() if n >= FETCH_LIMIT]
             positions = self._sink.positions(full) if full else {}
-
