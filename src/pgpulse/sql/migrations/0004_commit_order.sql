@@ -48,36 +48,46 @@ CREATE UNLOGGED TABLE pgpulse.pending (
 CREATE INDEX pending_xid_idx ON pgpulse.pending (xid);
 
 -- Move the committing transaction's staged events into pgpulse.events.
+--
+-- The tenant's counter row is the critical section: from its update to the
+-- end of the commit, every other committer of that tenant waits. So all the
+-- work that needs no id is done before it: the staged rows are read and
+-- deleted, and the wake-ups are queued (NOTIFY is sent at commit anyway);
+-- under the lock, only the counter update and the insert remain.
 CREATE FUNCTION pgpulse._commit_events() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
-    woken text[];
+    staged pgpulse.pending[];
+    tenant text;
+    n bigint;
+    top bigint;
 BEGIN
     -- A publish after this point (another deferred trigger of the
     -- application's) stages a new flush, which PostgreSQL fires in turn.
     PERFORM set_config('pgpulse.staged', '', true);
-    WITH moved AS MATERIALIZED (
-        DELETE FROM pgpulse.pending AS p WHERE p.xid = pg_current_xact_id()
-        RETURNING p.key, p.tenant_id, p.topic, p.type, p.data, p.user_id
-    ), counts AS (
-        SELECT m.tenant_id, count(*)::bigint AS n FROM moved AS m GROUP BY m.tenant_id
-    ), bumped AS (
-        -- In tenant order: every committer locks counters in the same order.
-        INSERT INTO pgpulse.tenants AS tn (tenant_id, last_id)
-            SELECT c.tenant_id, c.n FROM counts AS c ORDER BY c.tenant_id
-            ON CONFLICT ON CONSTRAINT tenants_pkey
-                DO UPDATE SET last_id = tn.last_id + excluded.last_id
-            RETURNING tn.tenant_id, tn.last_id
-    ), inserted AS (
-        INSERT INTO pgpulse.events (tenant_id, id, key, topic, type, data, user_id)
-            SELECT m.tenant_id,
-                   b.last_id - c.n + row_number() OVER (PARTITION BY m.tenant_id ORDER BY m.key),
-                   m.key, m.topic, m.type, m.data, m.user_id
-            FROM moved AS m JOIN counts AS c USING (tenant_id) JOIN bumped AS b USING (tenant_id)
-            RETURNING tenant_id
+    WITH moved AS (
+        DELETE FROM pgpulse.pending AS p WHERE p.xid = pg_current_xact_id() RETURNING p.*
     )
-    SELECT array_agg(DISTINCT i.tenant_id) INTO woken FROM inserted AS i;
-    PERFORM pg_notify('pgpulse', t) FROM unnest(woken) AS t;
+    SELECT array_agg(m ORDER BY m.tenant_id, m.key) INTO staged FROM moved AS m;
+    -- In tenant order: every committer locks counters in the same order.
+    FOR tenant, n IN
+        SELECT s.tenant_id, count(*) FROM unnest(staged) AS s
+        GROUP BY s.tenant_id ORDER BY s.tenant_id
+    LOOP
+        PERFORM pg_notify('pgpulse', tenant);
+        UPDATE pgpulse.tenants AS t SET last_id = t.last_id + n
+            WHERE t.tenant_id = tenant RETURNING t.last_id INTO top;
+        IF NOT FOUND THEN
+            INSERT INTO pgpulse.tenants AS t (tenant_id, last_id) VALUES (tenant, n)
+                ON CONFLICT ON CONSTRAINT tenants_pkey
+                    DO UPDATE SET last_id = t.last_id + excluded.last_id
+                RETURNING t.last_id INTO top;
+        END IF;
+        INSERT INTO pgpulse.events (tenant_id, id, key, topic, type, data, user_id)
+            SELECT tenant, top - n + row_number() OVER (ORDER BY s.key), s.key, s.topic,
+                   s.type, s.data, s.user_id
+            FROM unnest(staged) AS s WHERE s.tenant_id = tenant;
+    END LOOP;
     RETURN NULL;
 END
 $$;
