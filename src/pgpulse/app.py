@@ -27,9 +27,10 @@ from psycopg import OperationalError
 from psycopg_pool import PoolTimeout
 
 from . import db
-from .api import events, health, jobs, notifications
+from .api import events, health, history, jobs, notifications
 from .api.deps import database_unavailable, describe_errors
 from .auth import Verifier
+from .errors import DatabaseUnavailable
 from .history import History
 from .hub import Hub
 from .listener import Listener
@@ -174,6 +175,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.include_router(notifications.router)
     app.include_router(events.router)
+    app.include_router(history.router)
     app.include_router(jobs.router)
     app.include_router(health.router)
     app.add_api_route("/sse", sse_endpoint, methods=["GET"])
@@ -184,6 +186,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(PoolTimeout)
+    @app.exception_handler(DatabaseUnavailable)
     async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
         return database_unavailable(request.method, request.url.path, exc)
 

@@ -1,9 +1,10 @@
 /**
  * The HTTP API (contract §4) for the calls a browser app makes: its
- * notification history, publishing, and jobs. Tokens travel in the
- * `Authorization` header, never in the URL, where logs would keep them.
+ * notification history, event history, publishing, and jobs. Tokens travel
+ * in the `Authorization` header, never in the URL, where logs would keep them.
  */
 
+import type { PgpulseEvent } from "./protocol.js";
 import { resolveToken, type TokenSource } from "./token.js";
 
 export interface HttpOptions {
@@ -73,6 +74,32 @@ export interface JobSnapshot<TResult = unknown, TInput = unknown> {
   readonly finishedAt: string | null;
 }
 
+/** Which page of `GET /api/events` to read. */
+export interface EventsQuery {
+  /** Topics to read; default: every topic the token allows. */
+  readonly topics?: readonly string[];
+  /** Only ids below this one: page back from the oldest id of the previous page. */
+  readonly before?: number;
+  /** Only ids above this one; the page is then the oldest ones (paging forward). */
+  readonly after?: number;
+  /** Events per page, 1 to 1000. Default 100. */
+  readonly limit?: number;
+}
+
+/** A page of the tenant's retained events, as the token may read them. */
+export interface EventsPage<TData = unknown> {
+  /** In id order, oldest first, whichever way the page was read. */
+  readonly events: readonly PgpulseEvent<TData>[];
+  /**
+   * The tenant's newest id when the page was read. No event of the page is
+   * after it: open a client with `lastEventId` set to it and the stream goes
+   * on exactly where the page ended.
+   */
+  readonly lastEventId: number;
+  /** Whether the next page in the same direction has events. */
+  readonly more: boolean;
+}
+
 /** The server answered with an error status; `body` is its explanation. */
 export class PgpulseHttpError extends Error {
   override readonly name = "PgpulseHttpError";
@@ -96,6 +123,33 @@ export function listNotifications(
   if (query.before !== undefined) params.set("before", String(query.before));
   const search = params.toString();
   return request<StoredNotification[]>(options, "GET", `/api/notifications${search === "" ? "" : `?${search}`}`);
+}
+
+/**
+ * A page of the tenant's retained events (`GET /api/events`): the newest ones
+ * below `before`, or with `after` the oldest ones above it. To load state
+ * and then go live without a gap or a repeat, build the state from a page and
+ * start a client with `lastEventId: page.lastEventId`.
+ */
+export async function listEvents<TData = unknown>(options: HttpOptions, query: EventsQuery = {}): Promise<EventsPage<TData>> {
+  const params = new URLSearchParams();
+  if (query.topics !== undefined && query.topics.length > 0) params.set("topic", query.topics.join(","));
+  if (query.before !== undefined) params.set("before", String(query.before));
+  if (query.after !== undefined) params.set("after", String(query.after));
+  if (query.limit !== undefined) params.set("limit", String(query.limit));
+  const search = params.toString();
+  const page = await request<{ events: PgpulseEvent<TData>[]; last_event_id: number; more: boolean }>(
+    options,
+    "GET",
+    `/api/events${search === "" ? "" : `?${search}`}`,
+  );
+  return { events: page.events, lastEventId: page.last_event_id, more: page.more };
+}
+
+/** The tenant's newest event id now (`GET /api/position`). */
+export async function getPosition(options: HttpOptions): Promise<number> {
+  const position = await request<{ last_event_id: number }>(options, "GET", "/api/position");
+  return position.last_event_id;
 }
 
 /** Store a notification and publish its event, in one transaction on the server. */

@@ -50,6 +50,16 @@ WHERE e.tenant_id = %(tenant_id)s AND e.id > %(after)s AND e.id <= %(until)s
 ORDER BY e.id
 LIMIT %(limit)s;
 
+-- name: history_before
+-- A page of a tenant's retained events up to a point, newest first, as one token may read them.
+SELECT e.tenant_id, e.id, e.topic, e.type, e.data::text, e.user_id, e.created_at
+FROM pgpulse.events AS e
+WHERE e.tenant_id = %(tenant_id)s AND e.id <= %(until)s
+  AND (%(topics)s::text[] IS NULL OR e.topic = ANY(%(topics)s::text[]))
+  AND (e.user_id IS NULL OR e.user_id = %(user_id)s)
+ORDER BY e.id DESC
+LIMIT %(limit)s;
+
 -- name: prune_by_age
 -- Delete up to a batch of events older than the retention horizon.
 DELETE FROM pgpulse.events AS e
