@@ -92,8 +92,28 @@ async def get_job(
         QUERIES["get_job"], {"job_id": job_id, "tenant_id": tenant_id, "user_id": user_id}
     )
     row = await cur.fetchone()
-    if row is None:
-        return None
+    return None if row is None else _job_state(row)
+
+
+async def list_jobs(
+    conn: psycopg.AsyncConnection[Any],
+    tenant_id: str,
+    user_id: str | None,
+    before: uuid.UUID | None,
+    limit: int,
+) -> tuple[list[JobState], bool]:
+    """Up to ``limit`` jobs this tenant (and user) may see, newest first, created
+    before the job ``before``; and whether there are more."""
+    cur = await conn.execute(
+        QUERIES["list_jobs"],
+        {"tenant_id": tenant_id, "user_id": user_id, "before": before, "limit": limit + 1},
+    )
+    rows = await cur.fetchall()
+    return [_job_state(row) for row in rows[:limit]], len(rows) > limit
+
+
+def _job_state(row: tuple[Any, ...]) -> JobState:
+    """A row of ``get_job`` or ``list_jobs`` (sql/queries.sql), which select the same columns."""
     return JobState(
         job_id=str(row[0]),
         kind=row[1],

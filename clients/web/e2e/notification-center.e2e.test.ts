@@ -3,7 +3,7 @@
  * live notifications with the unread count, a server restart and a network
  * cut survived with every notification shown exactly once, history on load,
  * and a job submitted from the page, run by a real `pgpulse worker`, shown
- * from its first progress report to its result.
+ * from its first progress report to its result, and again after a reload.
  */
 
 import { mkdtemp, rm } from "node:fs/promises";
@@ -215,6 +215,13 @@ describe("NotificationCenter in Chromium", () => {
         status: "succeeded",
         result: { slept: 3, steps: 6 },
       });
+
+      // A reloaded page has no events of the job to replay: it reads the job from GET /api/jobs.
+      const { page: reloaded } = await openDemo(context, token);
+      await waitForStatus(reloaded, "open");
+      await reloaded.waitForSelector(`${row}[data-state="complete"]`, { state: "attached" });
+      expect(await reloaded.textContent(`${row} .pgpulse-nc__job-kind`)).toBe("sleep");
+      expect(await reloaded.$$(".pgpulse-nc__job")).toHaveLength(1);
     } finally {
       await context.close();
       await worker.stop();

@@ -182,6 +182,38 @@ export async function getJob<TResult = unknown, TInput = unknown>(
   options: HttpOptions & { readonly jobId: string },
 ): Promise<JobSnapshot<TResult, TInput>> {
   const job = await request<WireJob<TResult, TInput>>(options, "GET", `/api/jobs/${encodeURIComponent(options.jobId)}`);
+  return fromWire(job);
+}
+
+/** A page of `listJobs`: newest first. */
+export interface JobsPage<TResult = unknown, TInput = unknown> {
+  readonly jobs: readonly JobSnapshot<TResult, TInput>[];
+  /** Whether older jobs follow: pass the last job's `jobId` as `before`. */
+  readonly more: boolean;
+}
+
+/**
+ * The recent jobs the token may read, newest first: its tenant's shared
+ * jobs and, for a token with a `sub`, that user's own. A page (re)loading its
+ * view reads them once its client is live, then follows their events.
+ */
+export async function listJobs<TResult = unknown, TInput = unknown>(
+  options: HttpOptions,
+  query: { readonly before?: string; readonly limit?: number } = {},
+): Promise<JobsPage<TResult, TInput>> {
+  const params = new URLSearchParams();
+  if (query.before !== undefined) params.set("before", query.before);
+  if (query.limit !== undefined) params.set("limit", String(query.limit));
+  const search = params.toString();
+  const page = await request<{ jobs: WireJob<TResult, TInput>[]; more: boolean }>(
+    options,
+    "GET",
+    `/api/jobs${search === "" ? "" : `?${search}`}`,
+  );
+  return { jobs: page.jobs.map(fromWire), more: page.more };
+}
+
+function fromWire<TResult, TInput>(job: WireJob<TResult, TInput>): JobSnapshot<TResult, TInput> {
   return {
     jobId: job.job_id,
     kind: job.kind,

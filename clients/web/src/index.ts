@@ -26,6 +26,7 @@ export {
   getJob,
   getPosition,
   listEvents,
+  listJobs,
   listNotifications,
   publishEvent,
   submitJob,
@@ -35,6 +36,7 @@ export {
   type EventsQuery,
   type HttpOptions,
   type JobSnapshot,
+  type JobsPage,
   type JobStatus,
   type JobToSubmit,
   type NotificationCreated,
@@ -56,4 +58,4 @@ export {
   type NotificationData,
   type NotificationItem,
 } from "./notifications.js";
-export { applyJobEvent, type JobItem, type JobState } from "./aiJobs.js";
+export { applyJobEvent, jobFromSnapshot, mergeJobSnapshots, type JobItem, type JobState } from "./aiJobs.js";

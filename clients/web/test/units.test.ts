@@ -2,7 +2,8 @@
 
 import { describe, expect, it } from "vitest";
 
-import { applyJobEvent, type JobItem } from "../src/aiJobs.js";
+import { applyJobEvent, mergeJobSnapshots, type JobItem } from "../src/aiJobs.js";
+import type { JobSnapshot } from "../src/http.js";
 import { Backoff } from "../src/backoff.js";
 import { mergeNotifications, newestId, notificationFromEvent, unreadCount } from "../src/notifications.js";
 import { parseFrame, type PgpulseEvent } from "../src/protocol.js";
@@ -123,5 +124,33 @@ describe("applyJobEvent", () => {
         updatedAt: "2024-01-01T00:00:00Z",
       },
     ]);
+  });
+
+  it("adds the jobs of a snapshot that the stream has not mentioned, after the stream's rows", () => {
+    const snapshot = (jobId: string, status: JobSnapshot["status"], progress: number): JobSnapshot => ({
+      jobId,
+      kind: "sleep",
+      status,
+      progress,
+      input: {},
+      result: status === "succeeded" ? { ok: true } : null,
+      error: status === "failed" ? "boom" : null,
+      attempts: status === "queued" ? 0 : 1,
+      createdAt: "2024-01-01T00:00:00Z",
+      startedAt: status === "queued" ? null : "2024-01-01T00:00:01Z",
+      finishedAt: status === "succeeded" || status === "failed" ? "2024-01-01T00:00:02Z" : null,
+    });
+    let jobs: readonly JobItem[] = applyJobEvent([], event(9, "ai_jobs", "ai_job.progress", { job_id: "live", progress: 0.7 }), 5);
+    jobs = mergeJobSnapshots(
+      jobs,
+      [snapshot("live", "running", 0.5), snapshot("done", "succeeded", 1), snapshot("new", "queued", 0), snapshot("bad", "failed", 0.2)],
+      3,
+    );
+    expect(jobs).toMatchObject([
+      { jobId: "live", state: "running", progress: 0.7 },
+      { jobId: "done", state: "complete", progress: 1, result: { ok: true }, attempt: 1, updatedAt: "2024-01-01T00:00:02Z" },
+      { jobId: "new", state: "queued", progress: 0, updatedAt: "2024-01-01T00:00:00Z" },
+    ]);
+    expect(mergeJobSnapshots(jobs, [snapshot("live", "succeeded", 1)], 3)).toBe(jobs);
   });
 });

@@ -124,6 +124,20 @@ FROM pgpulse.jobs
 WHERE id = %(job_id)s AND tenant_id = %(tenant_id)s
   AND (user_id IS NULL OR user_id = %(user_id)s);
 
+-- name: list_jobs
+-- A page of the jobs a token may read (its tenant's shared ones and its user's), newest
+-- first, below a job given as the cursor.
+SELECT j.id, j.kind, j.status, j.progress, j.input::text, j.result::text, j.error, j.attempts,
+       j.created_at, j.started_at, j.finished_at
+FROM pgpulse.jobs AS j
+WHERE j.tenant_id = %(tenant_id)s
+  AND (j.user_id IS NULL OR j.user_id = %(user_id)s)
+  AND (%(before)s::uuid IS NULL OR (j.created_at, j.id) < (
+      SELECT b.created_at, b.id FROM pgpulse.jobs AS b
+      WHERE b.id = %(before)s::uuid AND b.tenant_id = %(tenant_id)s))
+ORDER BY j.created_at DESC, j.id DESC
+LIMIT %(limit)s;
+
 -- name: claim_jobs
 -- A worker's claim: up to n queued jobs of its kinds, each with its ai_job.started event.
 SELECT id, tenant_id, user_id, kind, input::text, attempts
