@@ -24,12 +24,18 @@
  *   `{"op": "ping"}` after a quiet spell and gives the connection up when
  *   nothing answers in time. A socket on a dead network can stay "open" for
  *   minutes otherwise.
+ *
+ * Topics change on the open socket (`subscribe`, `unsubscribe`, `setTopics`):
+ * the server merges a new topic's catch-up into the stream by id, so the one
+ * cursor stays exact. The client's topic list changes at once, so a
+ * reconnect in the middle asks for the new list in its URL.
  */
 
 import { Backoff, type BackoffOptions } from "./backoff.js";
 import {
   parseFrame,
   PING_FRAME,
+  type Ref,
   WS_1000_NORMAL_CLOSURE,
   WS_1006_ABNORMAL_CLOSURE,
   WS_1008_POLICY_VIOLATION,
@@ -111,6 +117,20 @@ export interface Disconnect {
   readonly retryInMs: number | null;
 }
 
+/** The server's answer to `subscribe` or `unsubscribe`. */
+export interface TopicsAnswer {
+  /** The topics the request named. */
+  readonly topics: readonly string[];
+  /**
+   * After `subscribe`: the new topics' events after this id come on this
+   * connection (read older ones with `listEvents`). After `unsubscribe`: their
+   * events up to this id may have come, none after it. `null` when no socket
+   * was open: the change applies to the next connection, which resumes from
+   * `lastEventId` for every topic.
+   */
+  readonly lastEventId: number | null;
+}
+
 /** Something went wrong that the application may want to log; the client carries on. */
 export class PgpulseClientError extends Error {
   override readonly name = "PgpulseClientError";
@@ -147,6 +167,13 @@ const SOCKET_OPEN = 1; // WebSocket.OPEN, the same in every implementation
 type Listener<K extends ClientEventKind> = (value: ClientEvents[K]) => void;
 type EventEntry = { readonly listener: (event: PgpulseEvent) => void; readonly filter?: EventFilter };
 type Refusal = "unauthorized" | "forbidden";
+interface TopicRequest {
+  readonly frame: { readonly op: "subscribe" | "unsubscribe"; readonly topics: readonly string[]; readonly ref: number; readonly last_event_id?: number };
+  readonly resolve: (answer: TopicsAnswer) => void;
+  readonly reject: (error: PgpulseClientError) => void;
+  /** Takes back the change to the client's topic list, when the server refuses it. */
+  readonly undo: () => void;
+}
 
 export class PgpulseClient {
   readonly #options: PgpulseClientOptions;
@@ -163,6 +190,12 @@ export class PgpulseClient {
 
   #status: Status = "idle";
   #cursor: number | undefined;
+  #topics: readonly string[] | undefined;
+  #nextRef = 1;
+  /** Sent, waiting for the server's answer, by ref. */
+  readonly #requests = new Map<number, TopicRequest>();
+  /** Waiting for the socket being opened. */
+  #unsent: TopicRequest[] = [];
   #socket: WebSocketLike | null = null;
   // Bumped by every attempt and by close(): an async step that finds it
   // changed belongs to an attempt that was abandoned, and does nothing.
@@ -188,7 +221,8 @@ export class PgpulseClient {
     this.#WebSocket = WebSocketImpl;
     this.#backoff = new Backoff(options.backoff);
     this.#cursor = options.lastEventId;
-    endpoint(options, "", undefined); // reject a malformed URL now, not on the first attempt
+    this.#topics = options.topics === undefined || options.topics.length === 0 ? undefined : checkTopics(options.topics);
+    endpoint(options, "", this.#topics, undefined); // reject a malformed URL now, not on the first attempt
     if (options.autoConnect !== false) {
       this.connect();
     }
@@ -201,6 +235,110 @@ export class PgpulseClient {
   /** The resume point: the newest id delivered or skipped; undefined before the first `ready` unless given. */
   get lastEventId(): number | undefined {
     return this.#cursor;
+  }
+
+  /** The topics it reads: undefined means every topic the token allows. */
+  get topics(): readonly string[] | undefined {
+    return this.#topics;
+  }
+
+  /**
+   * Add topics on the open socket, without reconnecting. Their events come
+   * from now, or with `lastEventId` from after it (but never before events
+   * the socket has already delivered, which would break the id order: read
+   * those with `listEvents`). Resolves with the server's answer; rejects when
+   * it refuses (a topic the token does not allow), and the topics stay as
+   * they were. A client of every topic already has them all.
+   */
+  subscribe(topics: readonly string[], options: { readonly lastEventId?: number } = {}): Promise<TopicsAnswer> {
+    const wanted = checkTopics(topics);
+    const { lastEventId } = options;
+    if (lastEventId !== undefined && !(Number.isSafeInteger(lastEventId) && lastEventId >= 0)) {
+      throw new RangeError(`lastEventId must be a non-negative integer, got ${String(lastEventId)}`);
+    }
+    const before = this.#topics;
+    const added = before === undefined ? [] : wanted.filter((topic) => !before.includes(topic));
+    if (before !== undefined) this.#topics = [...before, ...added];
+    const undo = (): void => {
+      if (this.#topics !== undefined) this.#topics = this.#topics.filter((topic) => !added.includes(topic));
+    };
+    return this.#request("subscribe", wanted, lastEventId, undo);
+  }
+
+  /** Drop topics on the open socket, without reconnecting. Needs a client created with `topics`. */
+  unsubscribe(topics: readonly string[]): Promise<TopicsAnswer> {
+    const dropped = checkTopics(topics);
+    const before = this.#topics;
+    if (before === undefined) {
+      return Promise.reject(
+        new RangeError("this client reads every topic the token allows: create it with topics to drop some later"),
+      );
+    }
+    const removed = before.filter((topic) => dropped.includes(topic));
+    this.#topics = before.filter((topic) => !dropped.includes(topic));
+    const undo = (): void => {
+      if (this.#topics !== undefined) this.#topics = [...this.#topics, ...removed.filter((t) => !this.#topics?.includes(t))];
+    };
+    return this.#request("unsubscribe", dropped, undefined, undo);
+  }
+
+  /**
+   * Read exactly `topics` from now on (undefined: every topic the token
+   * allows): subscribes and unsubscribes the difference on the open socket.
+   * Only a change to or from "every topic" reconnects (resuming exactly).
+   */
+  async setTopics(topics: readonly string[] | undefined): Promise<void> {
+    const wanted = topics === undefined || topics.length === 0 ? undefined : checkTopics(topics);
+    const current = this.#topics;
+    if (sameTopics(current, wanted)) return;
+    if (current === undefined || wanted === undefined) {
+      this.#topics = wanted;
+      if (this.#socket !== null) {
+        this.#dropSocket(WS_1000_NORMAL_CLOSURE, "topics changed");
+        void this.#attempt();
+      }
+      return;
+    }
+    const add = wanted.filter((topic) => !current.includes(topic));
+    const drop = current.filter((topic) => !wanted.includes(topic));
+    await Promise.all([
+      drop.length > 0 ? this.unsubscribe(drop) : undefined,
+      add.length > 0 ? this.subscribe(add) : undefined,
+    ]);
+  }
+
+  #request(
+    op: "subscribe" | "unsubscribe",
+    topics: readonly string[],
+    lastEventId: number | undefined,
+    undo: () => void,
+  ): Promise<TopicsAnswer> {
+    const socket = this.#socket;
+    if (socket === null) return Promise.resolve({ topics, lastEventId: null });
+    const ref = this.#nextRef++;
+    return new Promise((resolve, reject) => {
+      const request: TopicRequest = {
+        frame: { op, topics, ref, ...(lastEventId === undefined ? {} : { last_event_id: lastEventId }) },
+        resolve,
+        reject,
+        undo,
+      };
+      if (socket.readyState === SOCKET_OPEN) this.#send(socket, request);
+      else this.#unsent.push(request);
+    });
+  }
+
+  #send(socket: WebSocketLike, request: TopicRequest): void {
+    this.#requests.set(request.frame.ref, request);
+    socket.send(JSON.stringify(request.frame));
+  }
+
+  /** The socket is gone: what was asked of it applies to the next one, through its URL. */
+  #settleRequests(): void {
+    const requests = [...this.#requests.values(), ...this.#unsent];
+    this.#requests.clear();
+    this.#unsent = [];
+    for (const request of requests) request.resolve({ topics: request.frame.topics, lastEventId: null });
   }
 
   /**
@@ -270,7 +408,7 @@ export class PgpulseClient {
 
     let socket: WebSocketLike;
     try {
-      socket = new this.#WebSocket(endpoint(this.#options, token, this.#cursor));
+      socket = new this.#WebSocket(endpoint(this.#options, token, this.#topics, this.#cursor));
     } catch (cause) {
       this.#emit("error", new PgpulseClientError(`cannot open a WebSocket: ${describe(cause)}`, "socket", { cause }));
       this.#scheduleRetry();
@@ -282,7 +420,11 @@ export class PgpulseClient {
     let handshakeRefusal: Refusal | null = null;
 
     socket.onopen = () => {
-      if (socket === this.#socket) this.#armKeepalive(socket);
+      if (socket !== this.#socket) return;
+      this.#armKeepalive(socket);
+      const unsent = this.#unsent;
+      this.#unsent = [];
+      for (const request of unsent) this.#send(socket, request);
     };
     socket.onmessage = (message) => {
       if (socket !== this.#socket) return;
@@ -303,6 +445,7 @@ export class PgpulseClient {
       if (socket !== this.#socket) return;
       this.#socket = null;
       this.#clearKeepalive();
+      this.#settleRequests();
       const refusal = handshakeRefusal ?? (code === WS_1008_POLICY_VIOLATION && !live ? refusalOf(reason) : null);
       this.#afterClose(code, reason, refusal === null ? null : { token, status: refusal });
     };
@@ -346,13 +489,31 @@ export class PgpulseClient {
         this.#resetPending = true;
         this.#emit("reset", { reason: control.reason });
         break;
-      case "error":
-        this.#emit("error", new PgpulseClientError(`server: ${control.message}`, "server"));
+      case "error": {
+        const error = new PgpulseClientError(`server: ${control.message}`, "server");
+        const request = this.#answered(control.ref);
+        if (request !== undefined) {
+          request.undo();
+          request.reject(error);
+        }
+        this.#emit("error", error);
+        break;
+      }
+      case "subscribed":
+      case "unsubscribed":
+        this.#answered(control.ref)?.resolve({ topics: control.topics, lastEventId: control.last_event_id });
         break;
       case "pong":
         break;
     }
     return control;
+  }
+
+  #answered(ref: Ref | undefined): TopicRequest | undefined {
+    if (typeof ref !== "number") return undefined;
+    const request = this.#requests.get(ref);
+    this.#requests.delete(ref);
+    return request;
   }
 
   #afterClose(code: number, reason: string, refused: { token: string; status: Refusal } | null): void {
@@ -419,6 +580,7 @@ export class PgpulseClient {
     const socket = this.#socket;
     this.#socket = null;
     this.#clearKeepalive();
+    this.#settleRequests();
     if (socket === null) return;
     socket.onopen = socket.onmessage = socket.onclose = null;
     // A `ws` socket closed while connecting reports an error; with no handler Node would throw it.
@@ -455,7 +617,12 @@ export class PgpulseClient {
 }
 
 /** The `/ws` URL of one attempt: token, topics and resume point go in the query, the only place a browser can put them. */
-function endpoint(options: PgpulseClientOptions, token: string, lastEventId: number | undefined): string {
+function endpoint(
+  options: PgpulseClientOptions,
+  token: string,
+  topics: readonly string[] | undefined,
+  lastEventId: number | undefined,
+): string {
   const base = new URL(options.url, typeof location === "undefined" ? undefined : location.href);
   if (base.protocol === "http:") base.protocol = "ws:";
   else if (base.protocol === "https:") base.protocol = "wss:";
@@ -466,13 +633,31 @@ function endpoint(options: PgpulseClientOptions, token: string, lastEventId: num
   base.search = "";
   base.hash = "";
   base.searchParams.set("token", token);
-  if (options.topics !== undefined && options.topics.length > 0) {
-    base.searchParams.set("topics", options.topics.join(","));
+  if (topics !== undefined && topics.length > 0) {
+    base.searchParams.set("topics", topics.join(","));
   }
   if (lastEventId !== undefined) {
     base.searchParams.set("last_event_id", String(lastEventId));
   }
   return base.toString();
+}
+
+/** Topic names as the server takes them: non-empty strings, no commas (the URL joins them with commas). */
+function checkTopics(topics: readonly string[]): string[] {
+  if (!Array.isArray(topics) || topics.length === 0) {
+    throw new TypeError("topics must be a non-empty array of topic names");
+  }
+  for (const topic of topics) {
+    if (typeof topic !== "string" || topic === "" || topic.includes(",")) {
+      throw new TypeError(`a topic must be a non-empty string without commas, got ${JSON.stringify(topic)}`);
+    }
+  }
+  return [...new Set(topics)];
+}
+
+function sameTopics(a: readonly string[] | undefined, b: readonly string[] | undefined): boolean {
+  if (a === undefined || b === undefined) return a === b;
+  return a.length === b.length && a.every((topic) => b.includes(topic));
 }
 
 function matches(event: PgpulseEvent, filter: EventFilter | undefined): boolean {

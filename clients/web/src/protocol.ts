@@ -41,13 +41,37 @@ export interface PongFrame {
   readonly op: "pong";
 }
 
-/** The answer to a malformed client frame; the connection stays open. */
+/** The answer to a malformed or refused client frame; the connection stays open. */
 export interface ErrorFrame {
   readonly op: "error";
   readonly message: string;
+  /** The `ref` of the request it answers, when it had one. */
+  readonly ref?: Ref;
 }
 
-export type ControlFrame = ReadyFrame | ResetFrame | PongFrame | ErrorFrame;
+/** What a client may put in a request's `ref` to match the answer to it. */
+export type Ref = string | number;
+
+/**
+ * The answer to `{"op": "subscribe"}`: the new topics' events after
+ * `last_event_id` come on this connection; older ones are for `GET /api/events`.
+ */
+export interface SubscribedFrame {
+  readonly op: "subscribed";
+  readonly topics: readonly string[];
+  readonly last_event_id: number;
+  readonly ref?: Ref;
+}
+
+/** The answer to `{"op": "unsubscribe"}`: the topics' events up to `last_event_id` may have come, none after. */
+export interface UnsubscribedFrame {
+  readonly op: "unsubscribed";
+  readonly topics: readonly string[];
+  readonly last_event_id: number;
+  readonly ref?: Ref;
+}
+
+export type ControlFrame = ReadyFrame | ResetFrame | PongFrame | ErrorFrame | SubscribedFrame | UnsubscribedFrame;
 
 export type Frame =
   | { readonly kind: "event"; readonly event: PgpulseEvent }
@@ -110,10 +134,27 @@ function toControl(value: Record<string, unknown>): ControlFrame | null {
     case "pong":
       return { op: "pong" };
     case "error":
-      return { op: "error", message: typeof value.message === "string" ? value.message : "" };
+      return {
+        op: "error",
+        message: typeof value.message === "string" ? value.message : "",
+        ...refOf(value),
+      };
+    case "subscribed":
+    case "unsubscribed":
+      return isStringArray(value.topics) && typeof value.last_event_id === "number"
+        ? { op: value.op, topics: value.topics, last_event_id: value.last_event_id, ...refOf(value) }
+        : null;
     default:
       return null;
   }
+}
+
+function refOf(value: Record<string, unknown>): { ref?: Ref } {
+  return typeof value.ref === "string" || typeof value.ref === "number" ? { ref: value.ref } : {};
+}
+
+function isStringArray(value: unknown): value is string[] {
+  return Array.isArray(value) && value.every((item) => typeof item === "string");
 }
 
 function isRecord(value: unknown): value is Record<string, unknown> {

@@ -3,10 +3,11 @@
  * component wants it, and `usePgpulseListener` attaches a callback to one.
  *
  * Options arrive as a fresh object on every render, so the client is keyed by
- * what defines a subscription (URL, path, topics, a fixed token) and not by
- * the object: re-rendering never reconnects, and changing one of those opens
- * a new subscription and closes the old. A token function is read through a
- * ref at each connection, so an inline arrow function costs nothing.
+ * what defines a subscription (URL, path, a fixed token) and not by the
+ * object: re-rendering never reconnects, and changing one of those opens a
+ * new subscription and closes the old. Topics change on the open socket
+ * (`client.setTopics`), with no reconnect. A token function is read through
+ * a ref at each connection, so an inline arrow function costs nothing.
  */
 
 import { useEffect, useRef, useState } from "react";
@@ -55,9 +56,10 @@ export function usePgpulse(options: UsePgpulseOptions): PgpulseState {
     enabled,
     options.url,
     options.path ?? null,
-    options.topics ?? null,
     typeof options.token === "string" ? options.token : null,
   ]);
+  const topics = options.topics === undefined || options.topics.length === 0 ? null : [...new Set(options.topics)].sort();
+  const topicsKey = JSON.stringify(topics);
 
   const [client, setClient] = useState<PgpulseClient | null>(null);
   const [state, setState] = useState<Omit<PgpulseState, "client">>(IDLE);
@@ -95,6 +97,14 @@ export function usePgpulse(options: UsePgpulseOptions): PgpulseState {
     };
     // `identity` stands for every option that defines the subscription.
   }, [identity]);
+
+  // New topics go to the live client; the one just created already has them.
+  useEffect(() => {
+    if (client === null) return;
+    // A refusal is reported on the client's "error" listeners, and the topics stay as they were.
+    client.setTopics(topics ?? undefined).catch(() => undefined);
+    // `topicsKey` stands for `topics`.
+  }, [client, topicsKey]);
 
   return { client: enabled ? client : null, ...state };
 }

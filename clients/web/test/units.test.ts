@@ -13,6 +13,22 @@ function event(id: number, topic: string, type: string, data: unknown): PgpulseE
 }
 
 describe("parseFrame", () => {
+  it("reads the answers to topic requests, with their ref", () => {
+    expect(parseFrame('{"op":"subscribed","topics":["b"],"last_event_id":9,"ref":3}')).toEqual({
+      kind: "control",
+      control: { op: "subscribed", topics: ["b"], last_event_id: 9, ref: 3 },
+    });
+    expect(parseFrame('{"op":"unsubscribed","topics":["a"],"last_event_id":4}')).toEqual({
+      kind: "control",
+      control: { op: "unsubscribed", topics: ["a"], last_event_id: 4 },
+    });
+    expect(parseFrame('{"op":"error","message":"no","ref":"x"}')).toEqual({
+      kind: "control",
+      control: { op: "error", message: "no", ref: "x" },
+    });
+    expect(parseFrame('{"op":"subscribed","topics":"b","last_event_id":9}').kind).toBe("unknown");
+  });
+
   it("sorts frames into events, control frames and unknown ones", () => {
     expect(parseFrame('{"id":3,"tenant_id":"t","topic":"a","type":"b","data":{},"ts":"x"}').kind).toBe("event");
     expect(parseFrame('{"op":"ready","last_event_id":7}')).toEqual({
