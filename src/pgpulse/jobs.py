@@ -9,6 +9,8 @@ job's event on topic ``ai_jobs`` in the same transaction:
 
 * ``ai_job.started`` ``{"job_id", "kind", "attempt"}``
 * ``ai_job.progress`` ``{"job_id", "progress", "message"?}``, progress from 0 to 1
+* ``ai_job.output`` ``{"job_id", "offset", "text"}``, streamed text (``Job.stream``):
+  ``text`` starts at ``offset`` characters into the attempt's whole text
 * ``ai_job_complete`` ``{"job_id", "result"}``
 * ``ai_job.failed`` ``{"job_id", "error"}``
 
@@ -74,6 +76,9 @@ class JobState(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    text: str = Field(
+        description="the text the job has streamed so far (its latest attempt's), '' if none"
+    )
 
 
 def parse_job_id(value: str) -> uuid.UUID | None:
@@ -126,4 +131,5 @@ def _job_state(row: tuple[Any, ...]) -> JobState:
         created_at=row[8],
         started_at=row[9],
         finished_at=row[10],
+        text=row[11],
     )

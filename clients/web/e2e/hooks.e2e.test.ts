@@ -1,6 +1,7 @@
 /**
  * The React hooks in a real Chromium against a real pgpulse server, through
- * the page in `e2e/hooks`: `usePgpulse` changing topics on its open socket.
+ * the page in `e2e/hooks`: `usePgpulse` changing topics on its open socket,
+ * and `useJob` joining a streamed answer halfway.
  */
 
 import { fileURLToPath } from "node:url";
@@ -8,8 +9,8 @@ import { fileURLToPath } from "node:url";
 import type { Browser, Page } from "playwright-core";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 
-import { publishEvent } from "../src/http.js";
-import { removeDataDir, startServer, type RunningServer } from "../test/support/server.js";
+import { getJob, publishEvent, submitJob } from "../src/http.js";
+import { removeDataDir, startServer, startWorker, type RunningServer } from "../test/support/server.js";
 import { mintToken, uniqueTenant } from "../test/support/token.js";
 import { buildAndServe, launchChromium, type BuiltPage } from "./support/browser.js";
 
@@ -117,6 +118,54 @@ describe("hooks in Chromium", () => {
       stop = true;
       await publishing;
       await tab.close();
+    }
+  });
+
+  it("useJob joins a streamed answer halfway: the text so far, then the rest, exactly", async () => {
+    const { server } = running();
+    const tenant = uniqueTenant("e2e-job");
+    const token = mintToken({ tenant_id: tenant, sub: "alice" });
+    const words = Array.from({ length: 120 }, (_, i) => `wörd${i}${i % 10 === 9 ? "\n" : " "}`);
+    const whole = words.join("") + "🙂 end";
+    const worker = await startWorker(server.dataDir);
+    try {
+      const { jobId } = await submitJob({ url: server.url, token, kind: "stream", input: { text: whole, delay: 0.02 } });
+      // Halfway: the job has streamed some, not all.
+      for (let tries = 0; ; tries += 1) {
+        const job = await getJob({ url: server.url, token, jobId });
+        if (job.text.length > whole.length / 4) break;
+        if (tries > 400) throw new Error(`the job streamed nothing: ${JSON.stringify(job)}`);
+        await new Promise((resolve) => setTimeout(resolve, 25));
+      }
+      const { tab, sockets } = await open("job", token, { jobId });
+      try {
+        const seen: number[] = [];
+        const deadline = Date.now() + UI_TIMEOUT_MS;
+        for (;;) {
+          const state = await tab.$eval("[data-view=job]", (node) => ({
+            status: node.getAttribute("data-status"),
+            length: (node.textContent ?? "").length,
+            loadError: node.getAttribute("data-load-error"),
+          }));
+          if (state.status === "running") seen.push(state.length);
+          if (state.status === "succeeded") break;
+          if (Date.now() > deadline) throw new Error(`the page's job is at ${JSON.stringify(state)}`);
+          await tab.waitForTimeout(30);
+        }
+        const text = await tab.$eval("[data-view=job]", (node) => node.textContent);
+        expect(text).toBe(whole);
+        expect(JSON.parse((await tab.getAttribute("[data-view=job]", "data-result")) ?? "null")).toEqual({ text: whole });
+        expect(await tab.getAttribute("[data-view=job]", "data-progress")).toBe("1");
+        // It showed the answer growing, starting from the text so far.
+        expect(seen.length).toBeGreaterThan(1);
+        expect(seen[0]).toBeGreaterThan(0);
+        expect(Math.min(...seen)).toBeLessThan(whole.length);
+        expect(sockets).toHaveLength(1);
+      } finally {
+        await tab.close();
+      }
+    } finally {
+      await worker.stop();
     }
   });
 });

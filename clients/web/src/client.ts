@@ -44,6 +44,7 @@ import {
   type PgpulseEvent,
   type ResetReason,
 } from "./protocol.js";
+import type { HttpOptions } from "./http.js";
 import { resolveToken, type TokenSource } from "./token.js";
 
 /**
@@ -235,6 +236,11 @@ export class PgpulseClient {
   /** The resume point: the newest id delivered or skipped; undefined before the first `ready` unless given. */
   get lastEventId(): number | undefined {
     return this.#cursor;
+  }
+
+  /** Its server and token, for the HTTP helpers: `getJob({ ...client.http, jobId })`. */
+  get http(): HttpOptions {
+    return { url: this.#options.url, token: this.#options.token };
   }
 
   /** The topics it reads: undefined means every topic the token allows. */

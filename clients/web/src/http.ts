@@ -43,7 +43,7 @@ export interface EventToPublish<TData = unknown> {
 export type JobStatus = "queued" | "running" | "succeeded" | "failed";
 
 export interface JobToSubmit<TInput = unknown> {
-  /** Which handler runs it; `pgpulse worker` has `echo` and `sleep` built in. */
+  /** Which handler runs it; `pgpulse worker` has `echo`, `sleep` and `stream` built in. */
   readonly kind: string;
   /** Any JSON the handler takes; default `{}`. */
   readonly input?: TInput;
@@ -72,6 +72,8 @@ export interface JobSnapshot<TResult = unknown, TInput = unknown> {
   readonly createdAt: string;
   readonly startedAt: string | null;
   readonly finishedAt: string | null;
+  /** The text the job has streamed so far (its latest attempt's); "" if none. */
+  readonly text: string;
 }
 
 /** Which page of `GET /api/events` to read. */
@@ -226,6 +228,7 @@ function fromWire<TResult, TInput>(job: WireJob<TResult, TInput>): JobSnapshot<T
     createdAt: job.created_at,
     startedAt: job.started_at,
     finishedAt: job.finished_at,
+    text: job.text,
   };
 }
 
@@ -241,6 +244,7 @@ interface WireJob<TResult, TInput> {
   readonly created_at: string;
   readonly started_at: string | null;
   readonly finished_at: string | null;
+  readonly text: string;
 }
 
 async function request<T>(options: HttpOptions, method: "GET" | "POST", path: string, body?: unknown): Promise<T> {

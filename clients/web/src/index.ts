@@ -16,6 +16,7 @@ export {
   type EventFilter,
   type PgpulseClientOptions,
   type Status,
+  type TopicsAnswer,
   type Unsubscribe,
   type WebSocketConstructor,
   type WebSocketLike,
@@ -59,3 +60,4 @@ export {
   type NotificationItem,
 } from "./notifications.js";
 export { applyJobEvent, jobFromSnapshot, mergeJobSnapshots, type JobItem, type JobState } from "./aiJobs.js";
+export { appendAt, applyJobViewEvent, jobViewFromSnapshot, type JobView } from "./jobView.js";

@@ -4,6 +4,7 @@ import { describe, expect, it } from "vitest";
 
 import { applyJobEvent, mergeJobSnapshots, type JobItem } from "../src/aiJobs.js";
 import type { JobSnapshot } from "../src/http.js";
+import { appendAt, applyJobViewEvent, loadingJob, type JobView } from "../src/jobView.js";
 import { Backoff } from "../src/backoff.js";
 import { mergeNotifications, newestId, notificationFromEvent, unreadCount } from "../src/notifications.js";
 import { parseFrame, type PgpulseEvent } from "../src/protocol.js";
@@ -155,6 +156,7 @@ describe("applyJobEvent", () => {
       createdAt: "2024-01-01T00:00:00Z",
       startedAt: status === "queued" ? null : "2024-01-01T00:00:01Z",
       finishedAt: status === "succeeded" || status === "failed" ? "2024-01-01T00:00:02Z" : null,
+      text: "",
     });
     let jobs: readonly JobItem[] = applyJobEvent([], event(9, "ai_jobs", "ai_job.progress", { job_id: "live", progress: 0.7 }), 5);
     jobs = mergeJobSnapshots(
@@ -168,5 +170,36 @@ describe("applyJobEvent", () => {
       { jobId: "new", state: "queued", progress: 0, updatedAt: "2024-01-01T00:00:00Z" },
     ]);
     expect(mergeJobSnapshots(jobs, [snapshot("live", "succeeded", 1)], 3)).toBe(jobs);
+  });
+});
+
+describe("a job's view", () => {
+  it("appends only what lies past the text, counting code points, and sees gaps", () => {
+    expect(appendAt("", 0, "a🙂b")).toBe("a🙂b");
+    expect(appendAt("a🙂", 1, "🙂bc")).toBe("a🙂bc"); // the emoji is one character, as in PostgreSQL
+    expect(appendAt("a🙂bc", 0, "a🙂")).toBe("a🙂bc"); // already held
+    expect(appendAt("a🙂bc", 5, "x")).toBeNull(); // a gap: 4 held, starts at 5
+  });
+
+  it("folds a job's events after a snapshot, ignoring the stale ones", () => {
+    const out = (id: number, offset: number, text: string): PgpulseEvent =>
+      event(id, "ai_jobs", "ai_job.output", { job_id: "j", offset, text });
+    let view: JobView | "gap" = { ...loadingJob("j"), status: "running", attempt: 1, text: "hello ", progress: 0.5 };
+    view = applyJobViewEvent(view, event(1, "ai_jobs", "ai_job.started", { job_id: "j", attempt: 1 }));
+    expect(view).toMatchObject({ text: "hello ", progress: 0.5 }); // the snapshot is newer
+    view = applyJobViewEvent(view as JobView, event(2, "ai_jobs", "ai_job.progress", { job_id: "j", progress: 0.25 }));
+    expect(view).toMatchObject({ progress: 0.5 });
+    view = applyJobViewEvent(view as JobView, out(3, 0, "hello "));
+    view = applyJobViewEvent(view as JobView, out(4, 6, "world"));
+    expect(view).toMatchObject({ text: "hello world" });
+    expect(applyJobViewEvent(view as JobView, out(5, 12, "!"))).toBe("gap");
+    expect(applyJobViewEvent(view as JobView, out(5, 1, "x"))).toBe(view);
+    expect(applyJobViewEvent(view as JobView, event(5, "ai_jobs", "ai_job.output", { job_id: "other", offset: 0, text: "x" }))).toBe(view);
+    view = applyJobViewEvent(view as JobView, event(6, "ai_jobs", "ai_job_complete", { job_id: "j", result: { text: "hello world" } }));
+    expect(view).toMatchObject({ status: "succeeded", progress: 1, result: { text: "hello world" } });
+    expect(applyJobViewEvent(view as JobView, event(7, "ai_jobs", "ai_job.failed", { job_id: "j", error: "x" }))).toBe(view);
+    // A later attempt starts over.
+    view = applyJobViewEvent(view as JobView, event(8, "ai_jobs", "ai_job.started", { job_id: "j", attempt: 2 }));
+    expect(view).toMatchObject({ status: "running", attempt: 2, text: "", progress: 0, result: null });
   });
 });

@@ -119,7 +119,7 @@ SELECT pgpulse.submit_job(%(tenant_id)s, %(kind)s, %(input)s::jsonb, %(user_id)s
 -- name: get_job
 -- One job as its tenant (and, for a user's job, that user) may see it.
 SELECT id, kind, status, progress, input::text, result::text, error, attempts,
-       created_at, started_at, finished_at
+       created_at, started_at, finished_at, output
 FROM pgpulse.jobs
 WHERE id = %(job_id)s AND tenant_id = %(tenant_id)s
   AND (user_id IS NULL OR user_id = %(user_id)s);
@@ -128,7 +128,7 @@ WHERE id = %(job_id)s AND tenant_id = %(tenant_id)s
 -- A page of the jobs a token may read (its tenant's shared ones and its user's), newest
 -- first, below a job given as the cursor.
 SELECT j.id, j.kind, j.status, j.progress, j.input::text, j.result::text, j.error, j.attempts,
-       j.created_at, j.started_at, j.finished_at
+       j.created_at, j.started_at, j.finished_at, j.output
 FROM pgpulse.jobs AS j
 WHERE j.tenant_id = %(tenant_id)s
   AND (j.user_id IS NULL OR j.user_id = %(user_id)s)
@@ -146,6 +146,10 @@ FROM pgpulse.claim_jobs(%(worker)s, %(kinds)s, %(n)s, %(lease)s);
 -- name: job_progress
 -- Record and publish a running job's progress; false if the worker lost the job.
 SELECT pgpulse.job_progress(%(job_id)s, %(worker)s, %(progress)s, %(message)s);
+
+-- name: job_output
+-- Append a chunk of a running job's streamed text (ai_job.output); false if the worker lost it.
+SELECT pgpulse.job_output(%(job_id)s, %(worker)s, %(at)s, %(chunk)s);
 
 -- name: finish_job
 -- A running job's end, succeeded (error NULL) or failed; false if the worker lost the job.

@@ -2,12 +2,14 @@
  * The page the hooks' browser tests drive: `?server=&token=&view=`, each
  * view one hook, its state written into data attributes for the test to read.
  * - `topics`: `usePgpulse` with topics a test changes with buttons.
+ * - `job`: `useJob(jobId)` on a client that reads `topics` (default
+ *   `other`, so the hook has to subscribe it to `ai_jobs`).
  */
 
 import { useState, type ReactElement } from "react";
 import { createRoot } from "react-dom/client";
 
-import { usePgpulse } from "../../src/react.js";
+import { PgpulseProvider, useJob, usePgpulse } from "../../src/react.js";
 
 const params = new URLSearchParams(location.search);
 const server = params.get("server") ?? location.origin;
@@ -35,10 +37,38 @@ function Topics(): ReactElement {
   );
 }
 
+function JobText({ jobId }: { jobId: string }): ReactElement {
+  const job = useJob(jobId);
+  return (
+    <output
+      data-view="job"
+      data-status={job.status}
+      data-progress={job.progress}
+      data-attempt={job.attempt}
+      data-result={JSON.stringify(job.result)}
+      data-load-error={job.loadError ?? ""}
+    >
+      {job.text}
+    </output>
+  );
+}
+
+function Job(): ReactElement {
+  const topics = (params.get("topics") ?? "other").split(",");
+  const { client } = usePgpulse({ url: server, token, topics });
+  return (
+    <PgpulseProvider client={client}>
+      <JobText jobId={params.get("jobId") ?? ""} />
+    </PgpulseProvider>
+  );
+}
+
 function Page(): ReactElement {
   switch (params.get("view")) {
     case "topics":
       return <Topics />;
+    case "job":
+      return <Job />;
     default:
       return <p>unknown view</p>;
   }
