@@ -36,6 +36,7 @@ from .hub import Hub
 from .listener import Listener
 from .metrics import Metrics
 from .migrate import migrate
+from .presence import Presence
 from .publish import BatchPublisher
 from .retention import prune_forever
 from .routes import DirectRoutes
@@ -127,6 +128,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         hub.on_new_room = listener.kick
         _end_streams_on_signal(hub)
         history = History(pool)
+        presence = Presence(
+            url, pool, ttl=settings.presence_ttl, max_members=settings.presence_max_members
+        )
         app.state.runtime = Runtime(
             settings=settings,
             database_url=url,
@@ -138,6 +142,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             publisher=BatchPublisher(pool),
             verifier=verifier,
             metrics=metrics,
+            presence=presence,
         )
         listener.start()
         pruner = asyncio.create_task(
@@ -156,6 +161,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await pruner
             await listener.stop()
+            await presence.stop()  # its members leave now, not at their expiry
             await pool.close()
             if embedded is not None:
                 embedded.stop()

@@ -11,6 +11,7 @@ from .history import History
 from .hub import Hub
 from .listener import Listener
 from .metrics import Metrics
+from .presence import Presence
 from .publish import BatchPublisher
 from .settings import Settings
 from .transports.subscription import Stream
@@ -28,3 +29,4 @@ class Runtime:
     publisher: BatchPublisher
     verifier: Verifier
     metrics: Metrics
+    presence: Presence | None = None  # who is connected to which topic, across nodes

@@ -1,7 +1,7 @@
 /**
  * The React hooks in a real Chromium against a real pgpulse server, through
  * the page in `e2e/hooks`: `usePgpulse` changing topics on its open socket,
- * and `useJob` joining a streamed answer halfway.
+ * `useJob` joining a streamed answer halfway, and `usePresence` across pages.
  */
 
 import { fileURLToPath } from "node:url";
@@ -166,6 +166,39 @@ describe("hooks in Chromium", () => {
       }
     } finally {
       await worker.stop();
+    }
+  });
+
+  it("usePresence shows who is here, with their info, as they come, change and go", async () => {
+    const tenant = uniqueTenant("e2e-presence");
+    const names = (tab: Page): Promise<string[]> =>
+      tab.$$eval("[data-member-id]", (nodes) => nodes.map((node) => node.getAttribute("data-name") ?? ""));
+    const until = (tab: Page, expected: string[]): Promise<unknown> =>
+      tab.waitForFunction(
+        (want) =>
+          JSON.stringify([...document.querySelectorAll("[data-member-id]")].map((n) => n.getAttribute("data-name"))) === want,
+        JSON.stringify(expected),
+      );
+    const alice = await open("presence", mintToken({ tenant_id: tenant, sub: "alice" }), { name: "Alice" });
+    try {
+      await until(alice.tab, ["Alice"]);
+      const self = await alice.tab.getAttribute("[data-view=presence]", "data-self");
+      expect(await alice.tab.getAttribute(`[data-member-id="${self}"]`, "data-user")).toBe("alice");
+      const bob = await open("presence", mintToken({ tenant_id: tenant, sub: "bob" }), { name: "Bob" });
+      await until(bob.tab, ["Alice", "Bob"]);
+      await until(alice.tab, ["Alice", "Bob"]);
+      await bob.tab.click("[data-rename]");
+      await until(alice.tab, ["Alice", "Bob the second"]);
+      expect(await names(bob.tab)).toEqual(["Alice", "Bob the second"]);
+      // Bob closes his page: Alice sees him go now, not when a TTL runs out.
+      const closed = Date.now();
+      await bob.tab.close();
+      await until(alice.tab, ["Alice"]);
+      expect(Date.now() - closed).toBeLessThan(5_000);
+      expect(alice.sockets).toHaveLength(1);
+      expect(await alice.tab.getAttribute("[data-view=presence]", "data-error")).toBe("");
+    } finally {
+      await alice.tab.close();
     }
   });
 });

@@ -36,6 +36,7 @@ import {
   parseFrame,
   PING_FRAME,
   type Ref,
+  type WireMember,
   WS_1000_NORMAL_CLOSURE,
   WS_1006_ABNORMAL_CLOSURE,
   WS_1008_POLICY_VIOLATION,
@@ -155,6 +156,8 @@ export interface ClientEvents {
   reset: { readonly reason: ResetReason };
   disconnect: Disconnect;
   error: PgpulseClientError;
+  /** A joined topic's members changed (its whole state, after each change). */
+  presence: PresenceState;
 }
 
 export type ClientEventKind = keyof ClientEvents;
@@ -168,12 +171,40 @@ const SOCKET_OPEN = 1; // WebSocket.OPEN, the same in every implementation
 type Listener<K extends ClientEventKind> = (value: ClientEvents[K]) => void;
 type EventEntry = { readonly listener: (event: PgpulseEvent) => void; readonly filter?: EventFilter };
 type Refusal = "unauthorized" | "forbidden";
-interface TopicRequest {
-  readonly frame: { readonly op: "subscribe" | "unsubscribe"; readonly topics: readonly string[]; readonly ref: number; readonly last_event_id?: number };
-  readonly resolve: (answer: TopicsAnswer) => void;
-  readonly reject: (error: PgpulseClientError) => void;
-  /** Takes back the change to the client's topic list, when the server refuses it. */
-  readonly undo: () => void;
+/** A request sent with a `ref`, waiting for the answer that carries it. */
+interface PendingRequest {
+  readonly frame: { readonly op: string; readonly ref: number; readonly [field: string]: unknown };
+  /** The server's answer, or null when the socket went away before it came. */
+  readonly answer: (control: ControlFrame | null) => void;
+  /** The server refused it (an `error` frame). */
+  readonly refuse: (error: PgpulseClientError) => void;
+}
+
+/** One member of a topic's presence. */
+export interface PresenceMember<TInfo = unknown> {
+  /** The member's id: one per connection. */
+  readonly id: string;
+  /** The user of its token (`sub`), verified by the server; null without one. */
+  readonly userId: string | null;
+  /** What the member's client said about itself (not verified), or null. */
+  readonly info: TInfo | null;
+  /** ISO-8601 time it joined. */
+  readonly joinedAt: string;
+}
+
+/** A topic's presence as this client knows it. */
+export interface PresenceState<TInfo = unknown> {
+  readonly topic: string;
+  /** In the order they joined. */
+  readonly members: readonly PresenceMember<TInfo>[];
+  /** This client's own member id, once the server has answered its join. */
+  readonly self: string | null;
+}
+
+interface JoinedTopic {
+  info: unknown;
+  members: Map<string, PresenceMember>;
+  self: string | null;
 }
 
 export class PgpulseClient {
@@ -187,6 +218,7 @@ export class PgpulseClient {
     reset: new Set(),
     disconnect: new Set(),
     error: new Set(),
+    presence: new Set(),
   };
 
   #status: Status = "idle";
@@ -194,9 +226,13 @@ export class PgpulseClient {
   #topics: readonly string[] | undefined;
   #nextRef = 1;
   /** Sent, waiting for the server's answer, by ref. */
-  readonly #requests = new Map<number, TopicRequest>();
+  readonly #requests = new Map<number, PendingRequest>();
   /** Waiting for the socket being opened. */
-  #unsent: TopicRequest[] = [];
+  #unsent: PendingRequest[] = [];
+  /** The topics whose presence it joined: joined again on every new connection. */
+  readonly #joined = new Map<string, JoinedTopic>();
+  /** The socket has said `ready`: requests go straight to it. */
+  #live = false;
   #socket: WebSocketLike | null = null;
   // Bumped by every attempt and by close(): an async step that finds it
   // changed belongs to an attempt that was abandoned, and does nothing.
@@ -268,7 +304,8 @@ export class PgpulseClient {
     const undo = (): void => {
       if (this.#topics !== undefined) this.#topics = this.#topics.filter((topic) => !added.includes(topic));
     };
-    return this.#request("subscribe", wanted, lastEventId, undo);
+    const frame = { op: "subscribe", topics: wanted, ...(lastEventId === undefined ? {} : { last_event_id: lastEventId }) };
+    return this.#topicRequest(frame, wanted, undo);
   }
 
   /** Drop topics on the open socket, without reconnecting. Needs a client created with `topics`. */
@@ -285,7 +322,7 @@ export class PgpulseClient {
     const undo = (): void => {
       if (this.#topics !== undefined) this.#topics = [...this.#topics, ...removed.filter((t) => !this.#topics?.includes(t))];
     };
-    return this.#request("unsubscribe", dropped, undefined, undo);
+    return this.#topicRequest({ op: "unsubscribe", topics: dropped }, dropped, undo);
   }
 
   /**
@@ -313,38 +350,105 @@ export class PgpulseClient {
     ]);
   }
 
-  #request(
-    op: "subscribe" | "unsubscribe",
-    topics: readonly string[],
-    lastEventId: number | undefined,
-    undo: () => void,
-  ): Promise<TopicsAnswer> {
-    const socket = this.#socket;
-    if (socket === null) return Promise.resolve({ topics, lastEventId: null });
-    const ref = this.#nextRef++;
+  /**
+   * Be present in `topic` (`info`: what others see of this client, any JSON
+   * up to the server's limit, 1 KiB by default) until `leavePresence`; joining
+   * again updates `info`. Presence belongs to a connection, so the client
+   * joins again on every new one. Its members come in `presence` events and
+   * from `presence(topic)`. Rejects when the server refuses (a topic the token
+   * does not allow, a full topic, `info` too big), and the topic is not joined.
+   */
+  joinPresence(topic: string, info?: unknown): Promise<void> {
+    const [name] = checkTopics([topic]);
+    const joined = this.#joined.get(topic);
+    if (joined === undefined) this.#joined.set(topic, { info, members: new Map(), self: null });
+    else joined.info = info;
+    if (!this.#live) return Promise.resolve(); // joined once the connection is live
     return new Promise((resolve, reject) => {
-      const request: TopicRequest = {
-        frame: { op, topics, ref, ...(lastEventId === undefined ? {} : { last_event_id: lastEventId }) },
-        resolve,
-        reject,
-        undo,
-      };
-      if (socket.readyState === SOCKET_OPEN) this.#send(socket, request);
-      else this.#unsent.push(request);
+      this.#request(this.#socket, presenceJoinFrame(name ?? topic, info), {
+        answer: () => resolve(),
+        refuse: (error) => {
+          if (joined === undefined) this.#joined.delete(topic);
+          reject(error);
+        },
+      });
     });
   }
 
-  #send(socket: WebSocketLike, request: TopicRequest): void {
+  /** Stop being present in `topic`. */
+  leavePresence(topic: string): Promise<void> {
+    if (!this.#joined.delete(topic) || !this.#live) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      this.#request(this.#socket, { op: "presence.leave", topic }, { answer: () => resolve(), refuse: reject });
+    });
+  }
+
+  /** The members of `topic` now, asked of the server (joined or not). */
+  getPresence<TInfo = unknown>(topic: string): Promise<readonly PresenceMember<TInfo>[]> {
+    checkTopics([topic]);
+    if (this.#socket === null) return Promise.reject(new PgpulseClientError("not connected", "socket"));
+    return new Promise((resolve, reject) => {
+      this.#request(this.#socket, { op: "presence.get", topic }, {
+        answer: (control) =>
+          control?.op === "presence"
+            ? resolve(control.members.map(memberFromWire) as PresenceMember<TInfo>[])
+            : reject(new PgpulseClientError("the connection closed before the server answered", "socket")),
+        refuse: reject,
+      });
+    });
+  }
+
+  /** A joined topic's members, as this client knows them; undefined for a topic it did not join. */
+  presence<TInfo = unknown>(topic: string): PresenceState<TInfo> | undefined {
+    const joined = this.#joined.get(topic);
+    return joined === undefined ? undefined : presenceState(topic, joined) as PresenceState<TInfo>;
+  }
+
+  #topicRequest(
+    frame: { readonly op: string; readonly topics: readonly string[] },
+    topics: readonly string[],
+    undo: () => void,
+  ): Promise<TopicsAnswer> {
+    if (this.#socket === null) return Promise.resolve({ topics, lastEventId: null });
+    return new Promise((resolve, reject) => {
+      this.#request(this.#socket, frame, {
+        answer: (control) =>
+          resolve(
+            control !== null && (control.op === "subscribed" || control.op === "unsubscribed")
+              ? { topics: control.topics, lastEventId: control.last_event_id }
+              : { topics, lastEventId: null },
+          ),
+        refuse: (error) => {
+          undo();
+          reject(error);
+        },
+      });
+    });
+  }
+
+  /** Send `frame` with a new ref on `socket` (once it is open), and route its answer. */
+  #request(
+    socket: WebSocketLike | null,
+    frame: { readonly op: string; readonly [field: string]: unknown },
+    handlers: Pick<PendingRequest, "answer" | "refuse">,
+  ): void {
+    const request: PendingRequest = { frame: { ...frame, ref: this.#nextRef++ }, ...handlers };
+    if (socket === null) request.answer(null);
+    else if (socket.readyState === SOCKET_OPEN) this.#send(socket, request);
+    else this.#unsent.push(request);
+  }
+
+  #send(socket: WebSocketLike, request: PendingRequest): void {
     this.#requests.set(request.frame.ref, request);
     socket.send(JSON.stringify(request.frame));
   }
 
-  /** The socket is gone: what was asked of it applies to the next one, through its URL. */
+  /** The socket is gone: what was asked of it applies to the next one (its URL, its joins). */
   #settleRequests(): void {
     const requests = [...this.#requests.values(), ...this.#unsent];
     this.#requests.clear();
     this.#unsent = [];
-    for (const request of requests) request.resolve({ topics: request.frame.topics, lastEventId: null });
+    for (const request of requests) request.answer(null);
   }
 
   /**
@@ -450,6 +554,7 @@ export class PgpulseClient {
     socket.onclose = ({ code, reason }) => {
       if (socket !== this.#socket) return;
       this.#socket = null;
+      this.#live = false;
       this.#clearKeepalive();
       this.#settleRequests();
       const refusal = handshakeRefusal ?? (code === WS_1008_POLICY_VIOLATION && !live ? refusalOf(reason) : null);
@@ -489,6 +594,8 @@ export class PgpulseClient {
         this.#refused = null;
         this.#backoff.reset();
         this.#setStatus("open");
+        this.#live = true;
+        this.#rejoin();
         this.#emit("ready", { lastEventId: this.#cursor });
         break;
       case "reset":
@@ -497,29 +604,59 @@ export class PgpulseClient {
         break;
       case "error": {
         const error = new PgpulseClientError(`server: ${control.message}`, "server");
-        const request = this.#answered(control.ref);
-        if (request !== undefined) {
-          request.undo();
-          request.reject(error);
-        }
+        this.#answered(control.ref)?.refuse(error);
         this.#emit("error", error);
         break;
       }
       case "subscribed":
       case "unsubscribed":
-        this.#answered(control.ref)?.resolve({ topics: control.topics, lastEventId: control.last_event_id });
+        this.#answered(control.ref)?.answer(control);
         break;
+      case "presence": {
+        const joined = control.self === undefined ? undefined : this.#joined.get(control.topic);
+        if (joined !== undefined) {
+          joined.members = new Map(control.members.map((member) => [member.id, memberFromWire(member)]));
+          joined.self = control.self ?? null;
+          this.#emit("presence", presenceState(control.topic, joined));
+        }
+        this.#answered(control.ref)?.answer(control);
+        break;
+      }
+      case "presence.joined":
+      case "presence.left": {
+        const answer = this.#answered(control.ref);
+        if (answer !== undefined) {
+          answer.answer(control); // the answer to our own leave
+          break;
+        }
+        const joined = this.#joined.get(control.topic);
+        if (joined === undefined) break;
+        if (control.op === "presence.joined") joined.members.set(control.member.id, memberFromWire(control.member));
+        else joined.members.delete(control.member.id);
+        this.#emit("presence", presenceState(control.topic, joined));
+        break;
+      }
       case "pong":
         break;
     }
     return control;
   }
 
-  #answered(ref: Ref | undefined): TopicRequest | undefined {
+  #answered(ref: Ref | undefined): PendingRequest | undefined {
     if (typeof ref !== "number") return undefined;
     const request = this.#requests.get(ref);
     this.#requests.delete(ref);
     return request;
+  }
+
+  /** Presence belongs to a connection: a new one joins every topic the client is present in. */
+  #rejoin(): void {
+    for (const [topic, joined] of this.#joined) {
+      this.#request(this.#socket, presenceJoinFrame(topic, joined.info), {
+        answer: () => undefined,
+        refuse: () => this.#joined.delete(topic), // reported on the "error" listeners
+      });
+    }
   }
 
   #afterClose(code: number, reason: string, refused: { token: string; status: Refusal } | null): void {
@@ -585,6 +722,7 @@ export class PgpulseClient {
   #dropSocket(code: number, reason: string): void {
     const socket = this.#socket;
     this.#socket = null;
+    this.#live = false;
     this.#clearKeepalive();
     this.#settleRequests();
     if (socket === null) return;
@@ -646,6 +784,18 @@ function endpoint(
     base.searchParams.set("last_event_id", String(lastEventId));
   }
   return base.toString();
+}
+
+function memberFromWire(member: WireMember): PresenceMember {
+  return { id: member.id, userId: member.user_id ?? null, info: member.info ?? null, joinedAt: member.joined_at ?? "" };
+}
+
+function presenceState(topic: string, joined: JoinedTopic): PresenceState {
+  return { topic, members: [...joined.members.values()], self: joined.self };
+}
+
+function presenceJoinFrame(topic: string, info: unknown): { readonly op: string; readonly [field: string]: unknown } {
+  return info === undefined ? { op: "presence.join", topic } : { op: "presence.join", topic, info };
 }
 
 /** Topic names as the server takes them: non-empty strings, no commas (the URL joins them with commas). */

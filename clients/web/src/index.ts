@@ -15,6 +15,8 @@ export {
   type Disconnect,
   type EventFilter,
   type PgpulseClientOptions,
+  type PresenceMember,
+  type PresenceState,
   type Status,
   type TopicsAnswer,
   type Unsubscribe,

@@ -71,7 +71,41 @@ export interface UnsubscribedFrame {
   readonly ref?: Ref;
 }
 
-export type ControlFrame = ReadyFrame | ResetFrame | PongFrame | ErrorFrame | SubscribedFrame | UnsubscribedFrame;
+/** A presence member as the server sends it. */
+export interface WireMember {
+  readonly id: string;
+  readonly user_id: string | null;
+  readonly info: unknown;
+  readonly joined_at: string;
+}
+
+/** A topic's presence: the answer to `presence.join` (with `self`) and to `presence.get`. */
+export interface PresenceFrame {
+  readonly op: "presence";
+  readonly topic: string;
+  readonly members: readonly WireMember[];
+  /** This connection's member id, when it is a member. */
+  readonly self?: string;
+  readonly ref?: Ref;
+}
+
+/** Another member joined (or changed its info), or left; with `ref`, the answer to our own leave. */
+export interface PresenceChangeFrame {
+  readonly op: "presence.joined" | "presence.left";
+  readonly topic: string;
+  readonly member: WireMember;
+  readonly ref?: Ref;
+}
+
+export type ControlFrame =
+  | ReadyFrame
+  | ResetFrame
+  | PongFrame
+  | ErrorFrame
+  | SubscribedFrame
+  | UnsubscribedFrame
+  | PresenceFrame
+  | PresenceChangeFrame;
 
 export type Frame =
   | { readonly kind: "event"; readonly event: PgpulseEvent }
@@ -144,9 +178,28 @@ function toControl(value: Record<string, unknown>): ControlFrame | null {
       return isStringArray(value.topics) && typeof value.last_event_id === "number"
         ? { op: value.op, topics: value.topics, last_event_id: value.last_event_id, ...refOf(value) }
         : null;
+    case "presence":
+      return typeof value.topic === "string" && Array.isArray(value.members) && value.members.every(isMember)
+        ? {
+            op: "presence",
+            topic: value.topic,
+            members: value.members,
+            ...(typeof value.self === "string" ? { self: value.self } : {}),
+            ...refOf(value),
+          }
+        : null;
+    case "presence.joined":
+    case "presence.left":
+      return typeof value.topic === "string" && isMember(value.member)
+        ? { op: value.op, topic: value.topic, member: value.member, ...refOf(value) }
+        : null;
     default:
       return null;
   }
+}
+
+function isMember(value: unknown): value is WireMember {
+  return isRecord(value) && typeof value.id === "string";
 }
 
 function refOf(value: Record<string, unknown>): { ref?: Ref } {

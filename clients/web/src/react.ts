@@ -20,6 +20,7 @@ import {
   type ClientEventKind,
   type EventFilter,
   type PgpulseClientOptions,
+  type PresenceMember,
   type Status,
 } from "./client.js";
 import { getJob, PgpulseHttpError } from "./http.js";
@@ -278,6 +279,63 @@ export function useJob<TResult = unknown>(
       for (const stop of stops) stop();
     };
   }, [client, jobId]);
+
+  return state;
+}
+
+export interface LivePresence<TInfo = unknown> {
+  /** The topic's members, in the order they joined; this client among them once joined. */
+  readonly members: readonly PresenceMember<TInfo>[];
+  /** This client's member id, once joined. */
+  readonly self: string | null;
+  /** Why the join was refused (a topic the token does not allow, a full topic, info too big), else null. */
+  readonly error: string | null;
+}
+
+/**
+ * Be present in `topic` while the component is mounted, and see who else is:
+ * joins with `info` (what others see of this client; a change updates it
+ * without leaving), follows the members as they join and leave on every
+ * node, and joins again on every new connection. `client` defaults to the
+ * `PgpulseProvider`'s.
+ */
+export function usePresence<TInfo = unknown>(
+  topic: string | null | undefined,
+  options: { readonly client?: PgpulseClient | null; readonly info?: TInfo } = {},
+): LivePresence<TInfo> {
+  const client = useClient(options.client);
+  const [state, setState] = useState<LivePresence<TInfo>>({ members: [], self: null, error: null });
+  const info = useRef(options.info);
+  useEffect(() => {
+    info.current = options.info;
+  });
+  const infoKey = JSON.stringify(options.info ?? null);
+
+  useEffect(() => {
+    setState({ members: [], self: null, error: null });
+    if (client === null || topic === null || topic === undefined || topic === "") return undefined;
+    const name = topic;
+    const stop = client.on("presence", (presence) => {
+      if (presence.topic !== name) return;
+      setState({ members: presence.members as readonly PresenceMember<TInfo>[], self: presence.self, error: null });
+    });
+    client.joinPresence(name, info.current).catch((error: unknown) =>
+      setState((previous) => ({ ...previous, error: error instanceof Error ? error.message : String(error) })),
+    );
+    return () => {
+      stop();
+      client.leavePresence(name).catch(() => undefined);
+    };
+  }, [client, topic]);
+
+  // A new `info` joins again, which updates it for the others (no leave in between).
+  const sentInfo = useRef(infoKey);
+  useEffect(() => {
+    if (sentInfo.current === infoKey) return;
+    sentInfo.current = infoKey;
+    if (client === null || topic === null || topic === undefined || topic === "") return;
+    client.joinPresence(topic, info.current).catch(() => undefined);
+  }, [client, topic, infoKey]);
 
   return state;
 }

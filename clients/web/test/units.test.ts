@@ -28,6 +28,16 @@ describe("parseFrame", () => {
       control: { op: "error", message: "no", ref: "x" },
     });
     expect(parseFrame('{"op":"subscribed","topics":"b","last_event_id":9}').kind).toBe("unknown");
+    const member = { id: "m1", user_id: "u", info: { name: "A" }, joined_at: "2024-01-01T00:00:00Z" };
+    expect(parseFrame(JSON.stringify({ op: "presence", topic: "room", members: [member], self: "m1", ref: 2 }))).toEqual({
+      kind: "control",
+      control: { op: "presence", topic: "room", members: [member], self: "m1", ref: 2 },
+    });
+    expect(parseFrame(JSON.stringify({ op: "presence.left", topic: "room", member }))).toEqual({
+      kind: "control",
+      control: { op: "presence.left", topic: "room", member },
+    });
+    expect(parseFrame('{"op":"presence.joined","topic":"room","member":{}}').kind).toBe("unknown");
   });
 
   it("sorts frames into events, control frames and unknown ones", () => {

@@ -166,3 +166,31 @@ SELECT pgpulse.release_jobs(%(worker)s, %(job_ids)s::uuid[]);
 -- name: recover_jobs
 -- Jobs whose worker stopped renewing its lease: queued again, or failed.
 SELECT pgpulse.recover_jobs();
+
+-- name: presence_join
+-- A connection joins a topic's presence (or updates its info); the topic's state after it.
+SELECT version, members::text
+FROM pgpulse.presence_join(%(tenant_id)s, %(topic)s, %(member_id)s, %(node_id)s, %(user_id)s,
+                           %(info)s::jsonb, %(ttl)s, %(max_members)s);
+
+-- name: presence_leave
+-- A member leaves (only_expired: only if its row expired); true if it was there.
+SELECT pgpulse.presence_leave(%(tenant_id)s, %(topic)s, %(member_id)s, %(only_expired)s);
+
+-- name: presence_state
+-- A topic's live members and its version, in one snapshot.
+SELECT version, members::text FROM pgpulse.presence_state(%(tenant_id)s, %(topic)s);
+
+-- name: presence_renew
+-- A node keeps its members present; returns those it still has rows for.
+UPDATE pgpulse.presence
+SET expires_at = clock_timestamp() + make_interval(secs => %(ttl)s)
+WHERE node_id = %(node_id)s
+RETURNING tenant_id, topic, member_id;
+
+-- name: presence_expired
+-- Members whose node stopped renewing them, for the sweep to remove one by one.
+SELECT tenant_id, topic, member_id FROM pgpulse.presence
+WHERE expires_at <= clock_timestamp()
+ORDER BY tenant_id, topic, member_id
+LIMIT %(limit)s;

@@ -1,11 +1,14 @@
-"""A connection's client requests beyond ``ping``: topics added and dropped live.
+"""A connection's client requests beyond ``ping``: topics added and dropped live
+(:mod:`.topics`), and presence (:mod:`.presence_ops`).
 
 The reader task (:mod:`pgpulse.transports.ws`) hands each client frame whose
 ``op`` is listed in :data:`OPS` to :meth:`ClientOps.handle`, which checks it
 at once (a bad request gets its ``error`` frame straight back, and changes
 nothing) and queues it for the writer. The writer acts on queued requests
 between batches (:class:`pgpulse.transports.subscription.Requests`), so what
-they send keeps its place in the stream.
+they send keeps its place in the stream. Presence changes of other members
+arrive from the node's listener into a bounded outbox, which the writer
+sends the same way; a connection that lets it overflow is a slow consumer.
 
 A request may carry a ``"ref"`` (a string of up to 64 characters, or an
 integer); the answer to it, or the error, carries the same ``ref``, so a
@@ -20,14 +23,17 @@ from typing import TYPE_CHECKING, Any
 
 from ..events import Event, control
 from ..hub import Subscription
+from ..presence import Presence
+from .presence_ops import PRESENCE_OPS, ConnectionPresence, PresenceRequest, parse_presence_request
 from .topics import RequestError, TopicChange, apply_topic_change, parse_topic_change
 
 if TYPE_CHECKING:
     from .subscription import Stream
 
-OPS = frozenset({"subscribe", "unsubscribe"})
+OPS = frozenset({"subscribe", "unsubscribe"}) | PRESENCE_OPS
 MAX_PENDING = 32  # requests waiting for the writer; a client past it gets an error
 MAX_REF_LENGTH = 64  # characters of a string "ref"
+MAX_OUTBOX = 1000  # presence changes waiting for the writer before the connection is slow
 
 
 class ClientOps:
@@ -35,12 +41,28 @@ class ClientOps:
 
     ``allowed`` is the token's topics (``None``: all): a request for a topic
     outside it is refused. Whoever replaces the connection's token replaces it.
+    Without ``presence`` (a server that has none), presence requests are refused.
     """
 
-    def __init__(self, subscription: Subscription, allowed: frozenset[str] | None) -> None:
+    def __init__(
+        self,
+        subscription: Subscription,
+        allowed: frozenset[str] | None,
+        presence: Presence | None = None,
+        max_info_bytes: int = 1024,
+    ) -> None:
         self.subscription = subscription
         self.allowed = allowed
-        self._queue: collections.deque[TopicChange] = collections.deque()
+        self.max_info_bytes = max_info_bytes
+        self._queue: collections.deque[TopicChange | PresenceRequest] = collections.deque()
+        self._outbox: collections.deque[str] = collections.deque()
+        self.presence = (
+            None
+            if presence is None
+            else ConnectionPresence(
+                presence, subscription.tenant_id, subscription.user_id, self._queue_frame
+            )
+        )
 
     def handle(self, frame: dict[str, Any]) -> str | None:
         """Check and queue one request; returns an ``error`` frame to send at once, or None."""
@@ -57,28 +79,56 @@ class ClientOps:
                 message=f"{MAX_PENDING} requests are waiting already; send more once answered",
                 **answer_ref,
             )
+        request: TopicChange | PresenceRequest
         try:
-            change = parse_topic_change(
-                frame, self.allowed, reads_all=self.subscription.topics is None
-            )
+            if frame["op"] in PRESENCE_OPS:
+                if self.presence is None:
+                    raise RequestError("this server has no presence")
+                request = parse_presence_request(frame, self.allowed, self.max_info_bytes)
+            else:
+                request = parse_topic_change(
+                    frame, self.allowed, reads_all=self.subscription.topics is None
+                )
         except RequestError as exc:
             return control("error", message=str(exc), **answer_ref)
-        self._queue.append(change)
+        self._queue.append(request)
         self.subscription.interrupt()
         return None
 
+    def _queue_frame(self, frame: str) -> None:
+        """A frame from elsewhere (a presence change) for the writer to send; never blocks."""
+        if len(self._outbox) >= MAX_OUTBOX:
+            self._outbox.clear()
+            self.subscription.overflowed = True  # the writer closes it with 1013
+        else:
+            self._outbox.append(frame)
+        self.subscription.interrupt()
+
     @property
     def pending(self) -> bool:
-        return bool(self._queue)
+        return bool(self._queue or self._outbox)
 
     async def apply(self, stream: Stream, subscription: Subscription) -> AsyncIterator[Event | str]:
         # Until the writer asks for its next batch, the hub queues instead of
         # writing to the socket, so nothing overtakes what is sent here.
         subscription.busy = True
-        while self._queue:
-            change = self._queue.popleft()
-            async for item in apply_topic_change(change, stream, subscription):
-                yield item
+        while self._queue or self._outbox:
+            while self._outbox:
+                yield self._outbox.popleft()
+            if not self._queue:
+                break
+            request = self._queue.popleft()
+            if isinstance(request, TopicChange):
+                async for item in apply_topic_change(request, stream, subscription):
+                    yield item
+            elif self.presence is not None:
+                async for frame in self.presence.apply(request):
+                    yield frame
+
+    async def close(self) -> None:
+        """The connection is gone: leave its presence (bounded)."""
+        if self.presence is not None:
+            await self.presence.close()
 
 
 def _valid_ref(ref: object) -> bool:

@@ -64,7 +64,9 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         max_bytes=settings.queue_max_bytes,
     )
     lock = asyncio.Lock()
-    ops = ClientOps(subscription, principal.topics)
+    ops = ClientOps(
+        subscription, principal.topics, runtime.presence, settings.presence_max_info_bytes
+    )
     gauge = runtime.metrics.connections.labels("ws")
     gauge.inc()
     reader = asyncio.create_task(_read_client(websocket, subscription, lock, runtime, ops))
@@ -97,6 +99,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
             abuse = reader.result()
         if abuse is not None:
             await _close(websocket, *abuse)
+        await ops.close()  # its presence: others see it leave
 
 
 def _direct_writer(websocket: WebSocket) -> Callable[[bytes], bool] | None:

@@ -4,12 +4,13 @@
  * - `topics`: `usePgpulse` with topics a test changes with buttons.
  * - `job`: `useJob(jobId)` on a client that reads `topics` (default
  *   `other`, so the hook has to subscribe it to `ai_jobs`).
+ * - `presence`: `usePresence("room")` with `info` `{name}` (a button renames).
  */
 
 import { useState, type ReactElement } from "react";
 import { createRoot } from "react-dom/client";
 
-import { PgpulseProvider, useJob, usePgpulse } from "../../src/react.js";
+import { PgpulseProvider, useJob, usePgpulse, usePresence } from "../../src/react.js";
 
 const params = new URLSearchParams(location.search);
 const server = params.get("server") ?? location.origin;
@@ -63,12 +64,40 @@ function Job(): ReactElement {
   );
 }
 
+function Members(): ReactElement {
+  const [name, setName] = useState(params.get("name") ?? "someone");
+  const { members, self, error } = usePresence<{ name: string }>("room", { info: { name } });
+  return (
+    <section data-view="presence" data-self={self ?? ""} data-error={error ?? ""}>
+      <button type="button" data-rename onClick={() => setName(`${name} the second`)}>
+        rename
+      </button>
+      <ul>
+        {members.map((member) => (
+          <li key={member.id} data-member-id={member.id} data-user={member.userId ?? ""} data-name={member.info?.name ?? ""} />
+        ))}
+      </ul>
+    </section>
+  );
+}
+
+function Presence(): ReactElement {
+  const { client } = usePgpulse({ url: server, token });
+  return (
+    <PgpulseProvider client={client}>
+      <Members />
+    </PgpulseProvider>
+  );
+}
+
 function Page(): ReactElement {
   switch (params.get("view")) {
     case "topics":
       return <Topics />;
     case "job":
       return <Job />;
+    case "presence":
+      return <Presence />;
     default:
       return <p>unknown view</p>;
   }
