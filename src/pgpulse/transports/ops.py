@@ -17,7 +17,6 @@ client can match answers to requests.
 
 from __future__ import annotations
 
-import collections
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +41,21 @@ class ClientOps:
     ``allowed`` is the token's topics (``None``: all): a request for a topic
     outside it is refused. Whoever replaces the connection's token replaces it.
     Without ``presence`` (a server that has none), presence requests are refused.
+
+    Every connection has one, and most never send a request: it holds plain
+    lists, made on first use (a deque is a 64-slot block, about 0.6 KiB), and
+    its presence only once it asks for presence.
     """
+
+    __slots__ = (
+        "_node_presence",
+        "_outbox",
+        "_queue",
+        "allowed",
+        "max_info_bytes",
+        "presence",
+        "subscription",
+    )
 
     def __init__(
         self,
@@ -54,15 +67,10 @@ class ClientOps:
         self.subscription = subscription
         self.allowed = allowed
         self.max_info_bytes = max_info_bytes
-        self._queue: collections.deque[TopicChange | PresenceRequest] = collections.deque()
-        self._outbox: collections.deque[str] = collections.deque()
-        self.presence = (
-            None
-            if presence is None
-            else ConnectionPresence(
-                presence, subscription.tenant_id, subscription.user_id, self._queue_frame
-            )
-        )
+        self._node_presence = presence
+        self._queue: list[TopicChange | PresenceRequest] = []
+        self._outbox: list[str] | None = None
+        self.presence: ConnectionPresence | None = None
 
     def handle(self, frame: dict[str, Any]) -> str | None:
         """Check and queue one request; returns an ``error`` frame to send at once, or None."""
@@ -82,9 +90,16 @@ class ClientOps:
         request: TopicChange | PresenceRequest
         try:
             if frame["op"] in PRESENCE_OPS:
-                if self.presence is None:
+                if self._node_presence is None:
                     raise RequestError("this server has no presence")
                 request = parse_presence_request(frame, self.allowed, self.max_info_bytes)
+                if self.presence is None:
+                    self.presence = ConnectionPresence(
+                        self._node_presence,
+                        self.subscription.tenant_id,
+                        self.subscription.user_id,
+                        self._queue_frame,
+                    )
             else:
                 request = parse_topic_change(
                     frame, self.allowed, reads_all=self.subscription.topics is None
@@ -97,6 +112,8 @@ class ClientOps:
 
     def _queue_frame(self, frame: str) -> None:
         """A frame from elsewhere (a presence change) for the writer to send; never blocks."""
+        if self._outbox is None:
+            self._outbox = []
         if len(self._outbox) >= MAX_OUTBOX:
             self._outbox.clear()
             self.subscription.overflowed = True  # the writer closes it with 1013
@@ -113,11 +130,12 @@ class ClientOps:
         # writing to the socket, so nothing overtakes what is sent here.
         subscription.busy = True
         while self._queue or self._outbox:
-            while self._outbox:
-                yield self._outbox.popleft()
-            if not self._queue:
-                break
-            request = self._queue.popleft()
+            if self._outbox:
+                frames, self._outbox = self._outbox, []
+                for frame in frames:
+                    yield frame
+                continue
+            request = self._queue.pop(0)
             if isinstance(request, TopicChange):
                 async for item in apply_topic_change(request, stream, subscription):
                     yield item
