@@ -264,6 +264,10 @@ class Job:
         """Drop a progress write still waiting: the job's end supersedes it."""
         self._progress.cancel()
 
+    def stop_streaming(self) -> None:
+        """Drop a text write still waiting: the job is no longer this run's."""
+        self._output.cancel()
+
     async def settle_output(self) -> None:
         """Let a text write under way end; the job's end writes the rest."""
         await self._output.settle()
@@ -420,8 +424,10 @@ class Worker:
                 result = {"text": job.text}  # the whole stream, in the final event
             result_json = encode_json("result", result, InvalidJob)
         except JobLost:
+            job.stop_streaming()
             return
         except asyncio.CancelledError:
+            job.stop_streaming()  # the job is not ours to write to any more
             if job.lost:
                 return  # taken back; another worker runs it
             raise  # shutting down: the job is given back
