@@ -277,3 +277,21 @@ class ServerProcess(PgpulseProcess):
                 pass
             time.sleep(0.05)
         raise AssertionError(f"server on {self.port} not ready after {timeout} s")
+
+
+async def publish_for_id(conn: Any, **kwargs: Any) -> int:
+    """``pgpulse.publish`` on an autocommit connection, returning the event's id.
+
+    ``publish`` returns the event's key; its id is taken at commit, so a test
+    that needs the id (to page or resume by it) reads it back by the key.
+    """
+    import pgpulse
+
+    key = await pgpulse.publish(conn, **kwargs)
+    cur = await conn.execute(
+        "SELECT id FROM pgpulse.events WHERE tenant_id = %s AND key = %s",
+        [kwargs["tenant_id"], key],
+    )
+    row = await cur.fetchone()
+    assert row is not None, "publish_for_id needs an autocommit connection"
+    return int(row[0])

@@ -23,6 +23,7 @@ from psycopg_pool import PoolTimeout
 from .api import admin, console, docs
 from .api.deps import database_unavailable, describe_errors
 from .cors import CORS
+from .errors import DatabaseUnavailable
 from .fastapi import Pgpulse
 from .routes import DirectRoutes
 from .settings import Settings
@@ -75,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(PoolTimeout)
+    @app.exception_handler(DatabaseUnavailable)
     async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
         return database_unavailable(request.method, request.url.path, exc)
 

@@ -185,7 +185,7 @@ def worker(
         str | None,
         typer.Option(
             help="Handlers as module:attribute, a pgpulse Worker or a dict of kind to handler "
-            "[default: the built-in kinds echo and sleep]."
+            "[default: the built-in kinds echo, sleep and stream]."
         ),
     ] = None,
     concurrency: Annotated[

@@ -12,15 +12,22 @@ The position it resumes from is the newest id the server said this
 connection was sent *or skipped* (the ``ready`` frame), not only the last
 event it yielded: a client filtered to a rare topic would otherwise resume
 from far back, and be told its history expired when it missed nothing.
+
+:meth:`Client.history` and :meth:`Client.position` read ``GET /api/events``
+and ``GET /api/position``: load state from a page, set
+:attr:`Client.last_event_id` to the page's ``last_event_id``, then iterate,
+and the stream starts exactly where the page ended.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
+import httpx
 import orjson
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
@@ -35,6 +42,18 @@ MAX_BACKOFF = 5.0  # seconds
 MIN_BACKOFF = 0.1  # seconds
 OPEN_TIMEOUT = 10.0  # seconds for the WebSocket handshake
 RETRYABLE_4XX = frozenset({408, 429})
+HTTP_TIMEOUT = 30.0  # seconds for a history or position request
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    """A page of ``GET /api/events``: events in id order, and where the stream goes on."""
+
+    events: list[Event]
+    last_event_id: int
+    """The tenant's newest id when the page was read: resume from it to go on live."""
+    more: bool
+    """Whether the next page in the same direction has events."""
 
 
 class Client:
@@ -66,6 +85,49 @@ class Client:
             query["last_event_id"] = str(self.last_event_id)
         path = parts.path.rstrip("/") + "/ws"
         return urlunsplit((scheme, parts.netloc, path, urlencode(query), ""))
+
+    async def history(
+        self,
+        *,
+        before: int | None = None,
+        after: int | None = None,
+        limit: int | None = None,
+        topics: list[str] | None = None,
+    ) -> HistoryPage:
+        """A page of retained events: the newest below ``before``, or with
+        ``after`` the oldest above it; ``topics`` defaults to the client's."""
+        params: dict[str, str] = {}
+        chosen = topics if topics is not None else self.topics
+        if chosen:
+            params["topic"] = ",".join(chosen)
+        for name, value in (("before", before), ("after", after), ("limit", limit)):
+            if value is not None:
+                params[name] = str(value)
+        body = await self._get("/api/events", params)
+        events = [parse_event(orjson.dumps(frame)) for frame in body["events"]]
+        return HistoryPage(
+            [event for event in events if event is not None],
+            int(body["last_event_id"]),
+            bool(body["more"]),
+        )
+
+    async def position(self) -> int:
+        """The tenant's newest id now."""
+        body = await self._get("/api/position", {})
+        return int(body["last_event_id"])
+
+    async def _get(self, path: str, params: dict[str, str]) -> Any:
+        async with httpx.AsyncClient(timeout=HTTP_TIMEOUT) as http:
+            response = await http.get(
+                self.url.rstrip("/") + path,
+                params=params,
+                headers={"Authorization": f"Bearer {self.token}"},
+            )
+        if response.status_code in (401, 403):
+            raise AuthError(f"GET {path} refused with HTTP {response.status_code}: {response.text}")
+        if response.status_code != 200:
+            raise PgpulseError(f"GET {path} answered HTTP {response.status_code}: {response.text}")
+        return response.json()
 
     async def __aiter__(self) -> AsyncIterator[Event]:
         backoff = Backoff(min(MIN_BACKOFF, self.max_backoff), self.max_backoff)

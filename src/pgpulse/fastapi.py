@@ -51,10 +51,17 @@ from psycopg_pool import PoolTimeout
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 
-from .api import events, health, jobs, notifications
+from .api import events, health, history, jobs, notifications
 from .api.deps import PRINCIPAL_KEY, RUNTIME_KEY
 from .auth import Principal, Verifier
-from .errors import AuthError, ConfigError, ForbiddenTopic, NotRunning, PgpulseError
+from .errors import (
+    AuthError,
+    ConfigError,
+    DatabaseUnavailable,
+    ForbiddenTopic,
+    NotRunning,
+    PgpulseError,
+)
 from .events import WS_1011_INTERNAL_ERROR, is_name
 from .runtime import MigrateMode, Runtime, check_migrate_mode, running
 from .settings import Settings
@@ -244,6 +251,7 @@ class Pgpulse:
         router.include_router(notifications.router, dependencies=api)
         router.include_router(events.router, dependencies=api)
         router.include_router(jobs.router, dependencies=api)
+        router.include_router(history.router, dependencies=api)
         return router
 
     async def bind_runtime(self, conn: HTTPConnection) -> None:
@@ -312,7 +320,7 @@ async def _database_errors_as_503(conn: HTTPConnection) -> AsyncIterator[None]:
     """A request that found PostgreSQL unreachable gets 503 and ``Retry-After``, not 500."""
     try:
         yield
-    except (OperationalError, PoolTimeout) as exc:
+    except (OperationalError, PoolTimeout, DatabaseUnavailable) as exc:
         log.warning("database unavailable for %s: %s", conn.url.path, exc)
         raise HTTPException(
             503, "database unavailable; retry later", headers={"Retry-After": "1"}

@@ -41,6 +41,8 @@ class Subscription:
         "busy",
         "closed",
         "direct",
+        "floors",
+        "interrupted",
         "max_bytes",
         "max_events",
         "overflowed",
@@ -82,12 +84,20 @@ class Subscription:
         (:attr:`Event.ws_bytes`, joined) at once without waiting; returns
         False when it cannot, e.g. the socket is backed up."""
         self.busy = False  # the writer holds a batch it has not finished sending
+        self.interrupted = False  # the client asked for something; see interrupt()
+        self.floors: dict[str, int] | None = None
+        """Per topic, an id at or below which that topic's events are not wanted:
+        set when a topic is added with a resume point ahead of the room's cursor
+        (see :mod:`pgpulse.transports.topics`)."""
         self._waiter: asyncio.Future[None] | None = None
 
     def wants(self, event: Event) -> bool:
         if event.user_id is not None and event.user_id != self.user_id:
             return False
-        return self.topics is None or event.topic in self.topics
+        if self.topics is not None and event.topic not in self.topics:
+            return False
+        floors = self.floors
+        return floors is None or event.id > floors.get(event.topic, 0)
 
     def offer(self, events: Sequence[Event], frames: bytes | None = None) -> None:
         """Queue events in id order; never blocks. Past the limit the queue is dropped
@@ -119,6 +129,25 @@ class Subscription:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def interrupt(self) -> None:
+        """Make the writer's :meth:`next_batch` return ``[]`` at once, even with
+        nothing queued, so that it acts on a client's request between batches."""
+        self.interrupted = True
+        self._wake()
+
+    def take_queued(self) -> list[Event]:
+        """Take the queued events not sent yet, in id order, without waiting.
+
+        For the writer only, between batches; raises :class:`SlowConsumer`
+        after an overflow, as :meth:`next_batch` does.
+        """
+        if self.overflowed:
+            raise SlowConsumer
+        events = [event for event in self.queue if event.id > self.position]
+        self.queue.clear()
+        self.queued_bytes = 0
+        return events
+
     def close(self, restarting: bool = False) -> None:
         """End the stream; ``restarting`` means the server is going away (1012)."""
         self.restarting = self.restarting or restarting
@@ -129,7 +158,8 @@ class Subscription:
         """Wait for queued events newer than ``position`` and take them all.
 
         Returns ``[]`` after ``idle`` seconds without any (a heartbeat
-        moment) or once closed; raises :class:`SlowConsumer` after an overflow.
+        moment), once closed, or when interrupted; raises
+        :class:`SlowConsumer` after an overflow.
         """
         self.busy = False
         while True:
@@ -137,6 +167,9 @@ class Subscription:
                 if self.overflowed:
                     raise SlowConsumer
                 if self.closed:
+                    return []
+                if self.interrupted:
+                    self.interrupted = False
                     return []
                 self._waiter = asyncio.get_running_loop().create_future()
                 try:

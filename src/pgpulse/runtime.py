@@ -35,6 +35,7 @@ from .hub import Hub
 from .listener import Listener
 from .metrics import Metrics
 from .nodes import ServerNode
+from .presence import Presence
 from .publish import BatchPublisher
 from .retention import prune_forever
 from .settings import Settings
@@ -65,6 +66,8 @@ class Runtime:
     publisher: BatchPublisher
     metrics: Metrics
     node: ServerNode
+    presence: Presence
+    """Who is connected to which topic, across nodes."""
 
 
 @contextlib.asynccontextmanager
@@ -103,6 +106,11 @@ async def running(settings: Settings, migrate_mode: MigrateMode = "auto") -> Asy
         )
         hub.on_new_room = listener.kick
         history = History(pool)
+        presence = Presence(
+            url, pool, ttl=settings.presence_ttl, max_members=settings.presence_max_members
+        )
+        # Stopped after the streams end: this node's members leave now, not at expiry.
+        stack.push_async_callback(presence.stop)
         runtime = Runtime(
             settings=settings,
             database_url=url,
@@ -114,6 +122,7 @@ async def running(settings: Settings, migrate_mode: MigrateMode = "auto") -> Asy
             publisher=BatchPublisher(pool),
             metrics=metrics,
             node=node,
+            presence=presence,
         )
         listener.start()
         stack.push_async_callback(listener.stop)

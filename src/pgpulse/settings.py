@@ -87,6 +87,13 @@ class Settings(BaseSettings):
     node_heartbeat_interval: float = Field(default=2.0, gt=0, le=60)  # seconds
     """How often each server process and job worker writes its row of the node
     registry (the console's view of the cluster); five missed make it "down"."""
+    presence_ttl: float = Field(default=12.0, ge=1.0, le=3600.0)  # seconds
+    """How long a presence member outlives its node's last renewal; a dead node's
+    members leave within this plus a sixth of it (the sweep)."""
+    presence_max_members: int = Field(default=1000, ge=1, le=100_000)
+    """Members one topic's presence holds at most; a join past it is refused."""
+    presence_max_info_bytes: int = Field(default=1024, ge=0, le=4096)
+    """Largest ``info`` (JSON bytes) a client may attach to its presence."""
 
     @field_validator("allowed_origins", "job_kinds", mode="before")
     @classmethod

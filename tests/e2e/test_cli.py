@@ -128,12 +128,17 @@ async def test_worker_runs_the_builtin_kinds_and_stops_on_sigterm(
             nap = await pgpulse_api.submit_job(
                 c, tenant_id=tenant, kind="sleep", input={"seconds": 0.2, "steps": 2}
             )
+            said = await pgpulse_api.submit_job(
+                c, tenant_id=tenant, kind="stream", input={"text": "a b  c", "delay": 0}
+            )
         await until_status(database_url, echo, "succeeded", timeout=30)
         await until_status(database_url, nap, "succeeded", timeout=30)
+        await until_status(database_url, said, "succeeded", timeout=30)
         assert (await job_row(database_url, echo))["result"] == [1, "a"]
         assert (await job_row(database_url, nap))["result"] == {"slept": 0.2, "steps": 2}
+        assert (await job_row(database_url, said))["result"] == {"text": "a b  c"}
         assert await asyncio.to_thread(worker.stop, signal.SIGTERM) == 0, worker.output()
-        assert "kinds echo, sleep" in worker.output()
+        assert "kinds echo, sleep, stream" in worker.output()
     finally:
         worker.stop(signal.SIGKILL)
 

@@ -211,6 +211,26 @@ async def test_authorize_topic_refuses_a_topic(app: LibraryApp) -> None:
         assert "audit" in response.json()["detail"]
 
 
+async def test_authorize_topic_holds_for_topics_added_on_a_live_socket(app: LibraryApp) -> None:
+    """A subscribe, or a presence join, to a topic the app refuses gets an error frame."""
+    ann = await app.login(fresh("acme"), "ann")
+    async with app.connect(ann, topics="orders") as ws:
+        await until_ready(ws)
+        await ws.send('{"op": "subscribe", "topics": ["audit"], "ref": 1}')
+        assert await recv(ws) == {
+            "op": "error",
+            "message": "topic 'audit' is not allowed",
+            "ref": 1,
+        }
+        await ws.send('{"op": "presence.join", "topic": "audit", "ref": 2}')
+        refusal = await recv(ws)
+        assert refusal["op"] == "error" and refusal["ref"] == 2, refusal
+        # The socket stays open, and a topic the app allows is added.
+        await ws.send('{"op": "subscribe", "topics": ["notifications"], "ref": 3}')
+        answer = await recv(ws)
+        assert answer["op"] == "subscribed" and answer["ref"] == 3, answer
+
+
 async def test_a_cross_site_page_cannot_open_a_websocket(app: LibraryApp) -> None:
     ann = await app.login(fresh("acme"), "ann")
     for origin in ("http://evil.example", f"http://127.0.0.1:{app.port + 1}", "null"):

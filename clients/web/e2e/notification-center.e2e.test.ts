@@ -3,8 +3,9 @@
  * live notifications with the unread count, a server restart and a network
  * cut survived with every notification shown exactly once, history on load,
  * a job submitted from the page, run by a real `pgpulse worker`, shown from
- * its first progress report to its result, and a page on an origin the
- * server does not allow, told so (and how to fix it) rather than "Live".
+ * its first progress report to its result, and again after a reload; a
+ * streamed answer shown word by word; and a page on an origin the server
+ * does not allow, told so (and how to fix it) rather than "Live".
  */
 
 import { mkdtemp, rm } from "node:fs/promises";
@@ -225,6 +226,39 @@ describe("NotificationCenter in Chromium", () => {
         status: "succeeded",
         result: { slept: 3, steps: 6 },
       });
+
+      // A reloaded page has no events of the job to replay: it reads the job from GET /api/jobs.
+      const { page: reloaded } = await openDemo(context, token);
+      await waitForStatus(reloaded, "open");
+      await reloaded.waitForSelector(`${row}[data-state="complete"]`, { state: "attached" });
+      expect(await reloaded.textContent(`${row} .pgpulse-nc__job-kind`)).toBe("sleep");
+      expect(await reloaded.$$(".pgpulse-nc__job")).toHaveLength(1);
+    } finally {
+      await context.close();
+      await worker.stop();
+    }
+  });
+
+  it("shows a streamed answer as it is produced, then whole", async () => {
+    const { browser, server } = running();
+    const token = mintToken({ tenant_id: uniqueTenant("e2e-answer") });
+    const worker = await startWorker(server.dataDir);
+    const context = await browser.newContext();
+    try {
+      const { page } = await openDemo(context, token);
+      await waitForStatus(page, "open");
+      await page.click('form[aria-label="Ask for a streamed answer"] button[type="submit"]');
+      const answer = "[data-answer-job]";
+      // Partway: some words, and more to come.
+      await page.waitForSelector(`${answer}[data-status="running"]`, { state: "attached" });
+      await page.waitForFunction((selector) => (document.querySelector(selector)?.textContent ?? "").length > 20, answer);
+      await page.waitForSelector(`${answer}[data-status="succeeded"]`, { state: "attached" });
+      const jobId = (await page.getAttribute(answer, "data-answer-job")) ?? "";
+      const job = await getJob<{ text: string }>({ url: server.url, token, jobId });
+      expect(job.kind).toBe("stream");
+      expect(job.text.length).toBeGreaterThan(100);
+      expect(job.result).toEqual({ text: job.text });
+      expect(await page.textContent(answer)).toBe(job.text);
     } finally {
       await context.close();
       await worker.stop();

@@ -6,7 +6,8 @@
  * once the subscription is live (`ready`), so a notification created in
  * between arrives by both ways and the merge, keyed by notification id,
  * keeps one. After a `reset` (the server could not resume) the history is
- * read again on the next `ready`, for the same reason.
+ * read again on the next `ready`, for the same reason. AI jobs are read the
+ * same way (`GET /api/jobs`), so a reloaded page shows the jobs it had.
  *
  * Markup only, with `pgpulse-nc` class names to style; no CSS is imposed
  * beyond hiding the screen-reader-only text.
@@ -14,9 +15,9 @@
 
 import { useCallback, useEffect, useId, useRef, useState, type CSSProperties, type ReactElement } from "react";
 
-import { applyJobEvent, AI_JOBS_TOPIC, type JobItem } from "./aiJobs.js";
+import { applyJobEvent, mergeJobSnapshots, AI_JOBS_TOPIC, type JobItem } from "./aiJobs.js";
 import type { PgpulseClientOptions, Status } from "./client.js";
-import { listNotifications, PgpulseOriginError } from "./http.js";
+import { listJobs, listNotifications, PgpulseOriginError } from "./http.js";
 import {
   mergeNotifications,
   newestId,
@@ -63,6 +64,7 @@ const STATUS_TEXT: Record<Status, string> = {
 const ORIGIN_REFUSED_STATUS = "Live, but the server refuses this page's HTTP calls";
 
 const JOB_STATE_TEXT: Record<JobItem["state"], string> = {
+  queued: "queued",
   running: "running",
   complete: "done",
   failed: "failed",
@@ -120,11 +122,12 @@ export function NotificationCenter(props: NotificationCenterProps): ReactElement
     needsHistory.current = false;
     const { url, token, historyLimit } = latestProps.current;
     try {
-      const stored = await listNotifications(
-        { url, token, signal: controller.signal },
-        { limit: historyLimit ?? DEFAULT_HISTORY_LIMIT },
-      );
+      const [stored, recentJobs] = await Promise.all([
+        listNotifications({ url, token, signal: controller.signal }, { limit: historyLimit ?? DEFAULT_HISTORY_LIMIT }),
+        listJobs({ url, token, signal: controller.signal }, { limit: maxJobs }),
+      ]);
       setItems((current) => mergeNotifications(current, stored.map(notificationFromStored), maxItems));
+      setJobs((current) => mergeJobSnapshots(current, recentJobs.jobs, maxJobs));
       setHistoryError(null);
       setOriginError(null);
     } catch (error) {
@@ -134,7 +137,7 @@ export function NotificationCenter(props: NotificationCenterProps): ReactElement
       setHistoryError(message);
       setOriginError(error instanceof PgpulseOriginError ? message : null);
     }
-  }, [maxItems]);
+  }, [maxItems, maxJobs]);
 
   useEffect(() => () => pendingHistory.current?.abort(), []);
 

@@ -1,6 +1,6 @@
 /**
  * The HTTP API (docs/api.md §4) for the calls a browser app makes: its
- * notification history, publishing, and jobs. Tokens travel in the
+ * notification and event history, publishing, and jobs. Tokens travel in the
  * `Authorization` header, never in the URL, where logs would keep them.
  * Without a token a request carries the page's own cookies, which is how an
  * app that embeds pgpulse (library mode, same origin) authenticates.
@@ -15,6 +15,7 @@
  * gets an answer, the server is up and only this origin can be refused.
  */
 
+import type { PgpulseEvent } from "./protocol.js";
 import { resolveOptionalToken, type TokenSource } from "./token.js";
 
 export interface HttpOptions {
@@ -54,7 +55,7 @@ export interface EventToPublish<TData = unknown> {
 export type JobStatus = "queued" | "running" | "succeeded" | "failed";
 
 export interface JobToSubmit<TInput = unknown> {
-  /** Which handler runs it; `pgpulse worker` has `echo` and `sleep` built in. */
+  /** Which handler runs it; `pgpulse worker` has `echo`, `sleep` and `stream` built in. */
   readonly kind: string;
   /** Any JSON the handler takes; default `{}`. */
   readonly input?: TInput;
@@ -83,6 +84,34 @@ export interface JobSnapshot<TResult = unknown, TInput = unknown> {
   readonly createdAt: string;
   readonly startedAt: string | null;
   readonly finishedAt: string | null;
+  /** The text the job has streamed so far (its latest attempt's); "" if none. */
+  readonly text: string;
+}
+
+/** Which page of `GET /api/events` to read. */
+export interface EventsQuery {
+  /** Topics to read; default: every topic the token allows. */
+  readonly topics?: readonly string[];
+  /** Only ids below this one: page back from the oldest id of the previous page. */
+  readonly before?: number;
+  /** Only ids above this one; the page is then the oldest ones (paging forward). */
+  readonly after?: number;
+  /** Events per page, 1 to 1000. Default 100. */
+  readonly limit?: number;
+}
+
+/** A page of the tenant's retained events, as the token may read them. */
+export interface EventsPage<TData = unknown> {
+  /** In id order, oldest first, whichever way the page was read. */
+  readonly events: readonly PgpulseEvent<TData>[];
+  /**
+   * The tenant's newest id when the page was read. No event of the page is
+   * after it: open a client with `lastEventId` set to it and the stream goes
+   * on exactly where the page ended.
+   */
+  readonly lastEventId: number;
+  /** Whether the next page in the same direction has events. */
+  readonly more: boolean;
 }
 
 /** The server answered with an error status; `body` is its explanation. */
@@ -133,6 +162,33 @@ export function listNotifications(
   return request<StoredNotification[]>(options, "GET", `/api/notifications${search === "" ? "" : `?${search}`}`);
 }
 
+/**
+ * A page of the tenant's retained events (`GET /api/events`): the newest ones
+ * below `before`, or with `after` the oldest ones above it. To load state
+ * and then go live without a gap or a repeat, build the state from a page and
+ * start a client with `lastEventId: page.lastEventId`.
+ */
+export async function listEvents<TData = unknown>(options: HttpOptions, query: EventsQuery = {}): Promise<EventsPage<TData>> {
+  const params = new URLSearchParams();
+  if (query.topics !== undefined && query.topics.length > 0) params.set("topic", query.topics.join(","));
+  if (query.before !== undefined) params.set("before", String(query.before));
+  if (query.after !== undefined) params.set("after", String(query.after));
+  if (query.limit !== undefined) params.set("limit", String(query.limit));
+  const search = params.toString();
+  const page = await request<{ events: PgpulseEvent<TData>[]; last_event_id: number; more: boolean }>(
+    options,
+    "GET",
+    `/api/events${search === "" ? "" : `?${search}`}`,
+  );
+  return { events: page.events, lastEventId: page.last_event_id, more: page.more };
+}
+
+/** The tenant's newest event id now (`GET /api/position`). */
+export async function getPosition(options: HttpOptions): Promise<number> {
+  const position = await request<{ last_event_id: number }>(options, "GET", "/api/position");
+  return position.last_event_id;
+}
+
 /** Store a notification and publish its event, in one transaction on the server. */
 export function createNotification(options: HttpOptions, message: string): Promise<NotificationCreated> {
   return request<NotificationCreated>(options, "POST", "/api/notifications", { message });
@@ -163,6 +219,38 @@ export async function getJob<TResult = unknown, TInput = unknown>(
   options: HttpOptions & { readonly jobId: string },
 ): Promise<JobSnapshot<TResult, TInput>> {
   const job = await request<WireJob<TResult, TInput>>(options, "GET", `/api/jobs/${encodeURIComponent(options.jobId)}`);
+  return fromWire(job);
+}
+
+/** A page of `listJobs`: newest first. */
+export interface JobsPage<TResult = unknown, TInput = unknown> {
+  readonly jobs: readonly JobSnapshot<TResult, TInput>[];
+  /** Whether older jobs follow: pass the last job's `jobId` as `before`. */
+  readonly more: boolean;
+}
+
+/**
+ * The recent jobs the token may read, newest first: its tenant's shared
+ * jobs and, for a token with a `sub`, that user's own. A page (re)loading its
+ * view reads them once its client is live, then follows their events.
+ */
+export async function listJobs<TResult = unknown, TInput = unknown>(
+  options: HttpOptions,
+  query: { readonly before?: string; readonly limit?: number } = {},
+): Promise<JobsPage<TResult, TInput>> {
+  const params = new URLSearchParams();
+  if (query.before !== undefined) params.set("before", query.before);
+  if (query.limit !== undefined) params.set("limit", String(query.limit));
+  const search = params.toString();
+  const page = await request<{ jobs: WireJob<TResult, TInput>[]; more: boolean }>(
+    options,
+    "GET",
+    `/api/jobs${search === "" ? "" : `?${search}`}`,
+  );
+  return { jobs: page.jobs.map(fromWire), more: page.more };
+}
+
+function fromWire<TResult, TInput>(job: WireJob<TResult, TInput>): JobSnapshot<TResult, TInput> {
   return {
     jobId: job.job_id,
     kind: job.kind,
@@ -175,6 +263,7 @@ export async function getJob<TResult = unknown, TInput = unknown>(
     createdAt: job.created_at,
     startedAt: job.started_at,
     finishedAt: job.finished_at,
+    text: job.text,
   };
 }
 
@@ -190,6 +279,7 @@ interface WireJob<TResult, TInput> {
   readonly created_at: string;
   readonly started_at: string | null;
   readonly finished_at: string | null;
+  readonly text: string;
 }
 
 async function request<T>(options: HttpOptions, method: "GET" | "POST", path: string, body?: unknown): Promise<T> {

@@ -66,6 +66,19 @@ class Admission:
     principal: Principal
     topics: frozenset[str] | None
     resume_from: int | None
+    policy: Policy | None = None
+    """What admitted it: topics a live connection adds later pass the same checks."""
+
+    async def may_read(self, topic: str) -> bool:
+        """Whether the app's ``authorize_topic`` lets this principal read ``topic``
+        (the token's own topics are checked where requests are parsed)."""
+        check = self.policy.authorize_topic if self.policy is not None else None
+        if check is None:
+            return True
+        allowed = check(self.principal, topic)
+        if inspect.isawaitable(allowed):
+            allowed = await allowed
+        return bool(allowed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +153,7 @@ async def admit(
         resume_from = parse_last_event_id(last_event_id)
     except ValueError as exc:
         raise Refused(str(exc), 422) from None
-    return Admission(principal, topics, resume_from)
+    return Admission(principal, topics, resume_from, policy)
 
 
 def parse_last_event_id(value: str | None) -> int | None:

@@ -31,6 +31,7 @@ from ..events import (
 from ..hub import SlowConsumer, Subscription
 from ..runtime import Runtime
 from .admission import Admission, Refused
+from .ops import OPS, ClientOps
 from .uvicorn_ws import EXTENSION, PROTOCOL_PATH
 
 log = logging.getLogger("pgpulse.ws")
@@ -64,12 +65,22 @@ async def stream(websocket: WebSocket, runtime: Runtime, admission: Admission) -
         max_bytes=settings.queue_max_bytes,
     )
     lock = asyncio.Lock()
+    ops = ClientOps(
+        subscription,
+        principal.topics,
+        runtime.presence,
+        settings.presence_max_info_bytes,
+        may_read=admission.may_read if admission.policy is not None else None,
+    )
     gauge = runtime.metrics.connections.labels("ws")
     gauge.inc()
-    reader = asyncio.create_task(_read_client(websocket, subscription, lock, runtime))
+    reader = asyncio.create_task(_read_client(websocket, subscription, lock, runtime, ops))
     try:
         frames = runtime.stream.frames(
-            subscription, admission.resume_from, direct=_direct_writer(websocket)
+            subscription,
+            admission.resume_from,
+            direct=_direct_writer(websocket),
+            requests=ops,
         )
         async with contextlib.aclosing(frames) as items:
             async for item in items:
@@ -96,6 +107,7 @@ async def stream(websocket: WebSocket, runtime: Runtime, admission: Admission) -
             abuse = reader.result()
         if abuse is not None:
             await _close(websocket, *abuse)
+        await ops.close()  # its presence: others see it leave
 
 
 def _direct_writer(websocket: WebSocket) -> Callable[[bytes], bool] | None:
@@ -128,7 +140,11 @@ async def _close(websocket: WebSocket, code: int, reason: str) -> None:
 
 
 async def _read_client(
-    websocket: WebSocket, subscription: Subscription, lock: asyncio.Lock, runtime: Runtime
+    websocket: WebSocket,
+    subscription: Subscription,
+    lock: asyncio.Lock,
+    runtime: Runtime,
+    ops: ClientOps,
 ) -> tuple[int, str] | None:
     """Answer client frames until the peer leaves; returns a close code for abuse."""
     rate = runtime.settings.client_frames_per_second
@@ -146,16 +162,17 @@ async def _read_client(
             if allowance < 0:
                 subscription.close()
                 return (WS_1008_POLICY_VIOLATION, "too many client frames")
-            reply = _answer(message.get("text"), message.get("bytes"))
-            async with lock:
-                await websocket.send_text(reply)
+            reply = _answer(message.get("text"), message.get("bytes"), ops)
+            if reply is not None:  # else the writer answers, in its place in the stream
+                async with lock:
+                    await websocket.send_text(reply)
     except (WebSocketDisconnect, RuntimeError, OSError):
         return None
     finally:
         subscription.close()
 
 
-def _answer(text: str | None, data: bytes | None) -> str:
+def _answer(text: str | None, data: bytes | None, ops: ClientOps) -> str | None:
     if text is None:
         return control("error", message="binary frames are not supported; send JSON text")
     try:
@@ -168,4 +185,7 @@ def _answer(text: str | None, data: bytes | None) -> str:
         )
     if frame["op"] == "ping":
         return control("pong")
-    return control("error", message=f"unknown op {frame['op'][:40]!r}; known: ping")
+    if frame["op"] in OPS:
+        return ops.handle(frame)
+    known = ", ".join(["ping", *sorted(OPS)])
+    return control("error", message=f"unknown op {frame['op'][:40]!r}; known: {known}")
