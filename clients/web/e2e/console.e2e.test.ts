@@ -11,23 +11,14 @@
 import { mkdir } from "node:fs/promises";
 import { fileURLToPath } from "node:url";
 
-import { chromium, type Browser, type Page } from "playwright-core";
+import type { Browser, Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import WebSocket from "ws";
 
 import { removeDataDir, startServer, startWorker, type RunningServer, type RunningWorker } from "../test/support/server.js";
 import { mintToken, uniqueTenant } from "../test/support/token.js";
+import { launchChromium } from "./support/browser.js";
 
-const CHROMIUM = process.env.PGPULSE_CHROMIUM ?? "/usr/bin/chromium";
-const CHROMIUM_ARGS = [
-  "--no-sandbox",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-sync",
-];
 const UI_TIMEOUT_MS = 30_000; // nodes report every 2 s and the page polls every 2 s
 const ARTIFACTS = fileURLToPath(new URL("../e2e-artifacts/", import.meta.url));
 const LOAD_EVENTS = 240;
@@ -43,7 +34,7 @@ let browser: Browser | undefined;
 beforeAll(async () => {
   server = await startServer({ workers: 2 });
   worker = await startWorker(server.dataDir);
-  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS, timeout: 30_000 });
+  browser = await launchChromium();
   await mkdir(ARTIFACTS, { recursive: true });
 });
 

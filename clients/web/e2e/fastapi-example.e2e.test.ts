@@ -11,23 +11,14 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 
-import { chromium, type Browser, type BrowserContext, type Page } from "playwright-core";
+import type { Browser, BrowserContext, Page } from "playwright-core";
 import { build } from "vite";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 
 import { removeDataDir } from "../test/support/server.js";
 import { startExample, type RunningExample } from "./support/example.js";
+import { launchChromium } from "./support/browser.js";
 
-const CHROMIUM = process.env.PGPULSE_CHROMIUM ?? "/usr/bin/chromium";
-const CHROMIUM_ARGS = [
-  "--no-sandbox",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-sync",
-];
 const UI_TIMEOUT_MS = 20_000;
 const EXAMPLE_CONFIG = fileURLToPath(new URL("../vite.example.config.ts", import.meta.url));
 const PASSWORD = "pulse"; // every seeded user's
@@ -45,7 +36,7 @@ beforeAll(async () => {
   await build({ configFile: EXAMPLE_CONFIG, logLevel: "warn", build: { outDir: pageDir, emptyOutDir: true } });
   dataDir = await mkdtemp(join(tmpdir(), "pgpulse-example-"));
   example = await startExample({ dataDir, pageDir });
-  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS, timeout: 30_000 });
+  browser = await launchChromium();
 });
 
 afterEach(async () => {

@@ -13,7 +13,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 
-import { chromium, type Browser, type BrowserContext, type Page } from "playwright-core";
+import type { Browser, BrowserContext, Page } from "playwright-core";
 import { build } from "vite";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 
@@ -21,17 +21,8 @@ import { createNotification, getJob } from "../src/http.js";
 import { freePort, removeDataDir, startServer, startWorker, type RunningServer } from "../test/support/server.js";
 import { mintToken, uniqueTenant } from "../test/support/token.js";
 import { serveFolder, type StaticServer } from "./support/staticServer.js";
+import { launchChromium } from "./support/browser.js";
 
-const CHROMIUM = process.env.PGPULSE_CHROMIUM ?? "/usr/bin/chromium";
-const CHROMIUM_ARGS = [
-  "--no-sandbox",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-sync",
-];
 const UI_TIMEOUT_MS = 20_000;
 const DEMO_CONFIG = fileURLToPath(new URL("../vite.demo.config.ts", import.meta.url));
 
@@ -46,7 +37,7 @@ beforeAll(async () => {
   await build({ configFile: DEMO_CONFIG, logLevel: "warn", build: { outDir: demoDir, emptyOutDir: true } });
   demo = await serveFolder(demoDir);
   server = await startServer({ allowedOrigins: [demo.origin] });
-  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS, timeout: 30_000 });
+  browser = await launchChromium();
 });
 
 afterEach(() => {
