@@ -32,6 +32,7 @@ from .api.deps import database_unavailable, describe_errors
 from .auth import Verifier
 from .history import History
 from .hub import Hub
+from .limits import BodyLimit
 from .listener import Listener
 from .metrics import Metrics
 from .migrate import migrate
@@ -163,6 +164,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Added first, so that CORS (added next) wraps it: the routes it serves
     # ahead of the app get the same cross-origin answers as the app's own.
     app.add_middleware(DirectRoutes)  # /ws, /ws/notifications, POST /api/events
+    # Every request body is bounded before routing and auth; inside CORS, so
+    # that a browser can read a 413 too.
+    app.add_middleware(BodyLimit, limit=settings.max_payload_bytes)
     if settings.allowed_origins:
         # Browsers on other origins may call the HTTP API; tokens travel in the
         # Authorization header, never in cookies, so credentials stay off.

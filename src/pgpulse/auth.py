@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from .errors import AuthError, ConfigError, ForbiddenTopic
 from .events import MAX_NAME_LENGTH, is_name
+from .limits import MAX_TOKEN_BYTES, parse_topics
 from .settings import Settings
 
 log = logging.getLogger("pgpulse.auth")
@@ -44,11 +45,14 @@ class Principal:
     scopes: frozenset[str] = frozenset()
 
     def allowed_topics(self, requested: str | None) -> frozenset[str] | None:
-        """The topics a connection reads: the requested ones, each allowed by the token."""
-        if requested is None or not requested.strip():
-            return self.topics
-        wanted = frozenset(t.strip() for t in requested.split(",") if t.strip())
-        if not wanted:  # "topics=," names nothing: the default, not "no topic at all"
+        """The topics a connection reads: the requested ones, each allowed by the token.
+
+        Raises :class:`ValueError` for a malformed list (see
+        :func:`pgpulse.limits.parse_topics`), :class:`ForbiddenTopic` for a
+        topic the token does not allow.
+        """
+        wanted = parse_topics(requested)
+        if wanted is None:
             return self.topics
         if self.topics is not None and not wanted <= self.topics:
             denied = ", ".join(sorted(wanted - self.topics))
@@ -99,6 +103,8 @@ class Verifier:
         """The token's principal. Verified tokens are remembered until they expire:
         a client presents the same token on every request, and checking a
         signature costs more than the rest of a publish."""
+        if len(token) > MAX_TOKEN_BYTES:
+            raise AuthError(f"token is {len(token)} bytes; the limit is {MAX_TOKEN_BYTES}")
         hit = self._verified.get(token)
         if hit is not None:
             principal, expires = hit
@@ -149,6 +155,11 @@ class Verifier:
             not isinstance(topics, list) or not all(isinstance(t, str) for t in topics)
         ):
             raise AuthError(f"token claim {self._topics_claim!r} must be a list of strings")
+        if topics is not None and not all(is_name(t) for t in topics):
+            raise AuthError(
+                f"token claim {self._topics_claim!r} holds a topic that is not 1 to "
+                f"{MAX_NAME_LENGTH} characters without NUL"
+            )
         scope = claims.get("scope", "")
         if not isinstance(scope, str):
             raise AuthError("token claim 'scope' must be a space-separated string")

@@ -56,3 +56,20 @@ def test_cached_token_still_expires() -> None:
     time.sleep(1.5)  # the token's own lifetime running out: nothing else to await
     with pytest.raises(AuthError, match="expired"):
         v.verify(token)
+
+
+def test_tokens_over_8_kib_are_refused_before_decoding() -> None:
+    from pgpulse.limits import MAX_TOKEN_BYTES
+
+    secret = "s" * 32
+    verifier = Verifier(secret, ["HS256"], signing_key=secret)
+    with pytest.raises(AuthError, match="limit"):
+        verifier.verify("x" * (MAX_TOKEN_BYTES + 1))
+
+
+def test_close_reasons_are_cut_by_bytes_not_characters() -> None:
+    from pgpulse.limits import close_reason
+
+    assert close_reason("short") == "short"
+    cut = close_reason("é" * 100)
+    assert len(cut.encode()) <= 123 and cut == "é" * 61

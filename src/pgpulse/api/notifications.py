@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
 from ..publish import publish
 from ..sql import QUERIES
-from .deps import PrincipalDep, RuntimeDep
+from .deps import PrincipalDep, RuntimeDep, json_body_docs, read_model
 
 router = APIRouter()
 
@@ -30,10 +30,17 @@ class Notification(BaseModel):
     created_at: datetime
 
 
-@router.post("/api/notifications", status_code=201, response_model=NotificationCreated)
+@router.post(
+    "/api/notifications",
+    status_code=201,
+    response_model=NotificationCreated,
+    openapi_extra=json_body_docs(NotificationIn),
+)
 async def create_notification(
-    body: NotificationIn, runtime: RuntimeDep, principal: PrincipalDep
+    request: Request, runtime: RuntimeDep, principal: PrincipalDep
 ) -> NotificationCreated:
+    # The token is checked (by the dependency) before a byte of the body is read.
+    body = await read_model(request, NotificationIn, runtime.settings.max_payload_bytes)
     async with runtime.pool.connection() as conn, conn.transaction():
         cur = await conn.execute(
             QUERIES["insert_notification"],

@@ -35,6 +35,8 @@ async def sse_endpoint(request: Request) -> StreamingResponse:
         raise HTTPException(403, str(exc)) from None
     except AuthError as exc:
         raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
+    except ValueError as exc:  # a malformed topic list
+        raise HTTPException(422, str(exc)) from None
     try:
         resume_from = parse_last_event_id(
             request.headers.get("last-event-id") or request.query_params.get("last_event_id")

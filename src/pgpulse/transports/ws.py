@@ -26,6 +26,7 @@ from ..events import (
     control,
 )
 from ..hub import SlowConsumer, Subscription
+from ..limits import close_reason
 from ..runtime import Runtime
 from .uvicorn_ws import EXTENSION
 
@@ -50,7 +51,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         # Accept, then close with a reason: a browser cannot read a refused
         # handshake's status, but it can read a close code and reason.
         await websocket.accept()
-        await websocket.close(WS_1008_POLICY_VIOLATION, reason=str(exc)[:120])
+        await websocket.close(WS_1008_POLICY_VIOLATION, reason=close_reason(str(exc)))
         return
 
     await websocket.accept()
@@ -108,7 +109,7 @@ async def _close(websocket: WebSocket, code: int, reason: str) -> None:
     if websocket.application_state != WebSocketState.CONNECTED:
         return
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(websocket.close(code, reason), CLOSE_TIMEOUT)
+        await asyncio.wait_for(websocket.close(code, close_reason(reason)), CLOSE_TIMEOUT)
 
 
 async def _read_client(
