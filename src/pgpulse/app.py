@@ -18,6 +18,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from types import FrameType
 from typing import Any
+from urllib.parse import unquote_plus
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -53,17 +54,31 @@ INSECURE_DEV_WARNING = (
 
 
 class RedactTokens(logging.Filter):
-    """Keep tokens out of logs: uvicorn logs request paths with their query."""
+    """Keep tokens out of logs: uvicorn logs request paths with their query.
 
-    _TOKEN = re.compile(r"(token=)[^&\s\"']+")
+    A query parameter is redacted when its name, percent-decoded (twice, for
+    double encoding), is ``token``, whatever its value looks like; anything
+    shaped like a JWT is redacted wherever it appears.
+    """
+
+    _PAIR = re.compile(r"(^|[?&;\s])([^=&;\s\"'#?]*)=([^&;\s\"'#]*)")
+    _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
+
+    @classmethod
+    def redact(cls, text: str) -> str:
+        def pair(match: re.Match[str]) -> str:
+            name = unquote_plus(unquote_plus(match.group(2))).strip().lower()
+            if name in ("token", "access_token"):
+                return f"{match.group(1)}{match.group(2)}=***"
+            return match.group(0)
+
+        return cls._JWT.sub("***", cls._PAIR.sub(pair, text))
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple):
-            record.args = tuple(
-                self._TOKEN.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args
-            )
+            record.args = tuple(self.redact(a) if isinstance(a, str) else a for a in record.args)
         if isinstance(record.msg, str):
-            record.msg = self._TOKEN.sub(r"\1***", record.msg)
+            record.msg = self.redact(record.msg)
         return True
 
 

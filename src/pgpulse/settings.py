@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -43,7 +43,9 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
 
-    jwt_secret: str | None = None
+    jwt_secret: SecretStr | None = None
+    """HS256 secret(s), comma-separated for a rotation: the first signs, all verify.
+    A secret type: ``repr`` and logs show ``**********``."""
     jwt_public_key: str | None = None
     """PEM public key for RS256/ES256; when set, HS256 secrets are not accepted."""
     tenant_claim: str = "tenant_id"
@@ -85,6 +87,16 @@ class Settings(BaseSettings):
     allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """Comma-separated origins allowed to call the HTTP API from a browser (CORS)."""
 
+    jwt_audience: str | None = None
+    """Required ``aud`` of every token (required with public keys or a JWKS URL)."""
+    jwt_issuer: str | None = None
+    """Required ``iss`` of every token (required with public keys or a JWKS URL)."""
+    jwks_url: str | None = None
+    """The identity provider's JWKS (https): RS256/ES256 keys picked by ``kid``."""
+    user_claim: str = "sub"
+    """Claim naming the user; like ``tenant_claim`` and ``topics_claim``, a dotted path
+    (``app_metadata.tenant_id``, ``o.id``) reaches into nested objects."""
+
     @field_validator("allowed_origins", "job_kinds", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
@@ -94,10 +106,14 @@ class Settings(BaseSettings):
 
     @field_validator("jwt_secret")
     @classmethod
-    def _secret_not_weak(cls, value: str | None) -> str | None:
-        if value is not None and len(value.encode()) < 32:
+    def _secret_not_weak(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        parts = [s.strip() for s in value.get_secret_value().split(",") if s.strip()]
+        if not parts or any(len(part.encode()) < 32 for part in parts):
             raise ValueError(
-                "PGPULSE_JWT_SECRET must be at least 32 bytes (HS256 wants a 256-bit key)"
+                "PGPULSE_JWT_SECRET must be at least 32 bytes (HS256 wants a 256-bit key); "
+                "several secrets are separated by commas, each at least 32 bytes"
             )
         return value
 

@@ -25,8 +25,14 @@ def get_runtime(conn: HTTPConnection) -> Runtime:
     return runtime
 
 
-def authenticate(conn: HTTPConnection) -> Principal:
-    """The caller, from ``Authorization: Bearer`` or ``?token=`` (or dev mode's ``?tenant_id=``)."""
+def authenticate(conn: HTTPConnection, query_token: bool = False) -> Principal:
+    """The caller, from ``Authorization: Bearer`` (or dev mode's ``?tenant_id=``).
+
+    ``query_token`` also accepts ``?token=``: only the streams pass it (``/ws``,
+    ``/sse``), because a browser cannot set headers on a WebSocket or an
+    EventSource. Anywhere else a token in a URL would end up in logs and
+    browser history for nothing.
+    """
     runtime = get_runtime(conn)
     header = conn.headers.get("authorization")
     token: str | None = None
@@ -35,7 +41,7 @@ def authenticate(conn: HTTPConnection) -> Principal:
         if scheme.lower() != "bearer" or not value.strip():
             raise AuthError("Authorization header must be 'Bearer <token>'")
         token = value.strip()
-    else:
+    elif query_token:
         token = conn.query_params.get("token")
     if token:
         return runtime.verifier.verify(token)
@@ -47,7 +53,14 @@ def authenticate(conn: HTTPConnection) -> Principal:
                 user_id=user if is_name(user := conn.query_params.get("user_id")) else None,
                 scopes=frozenset({"publish"}),
             )
-    raise AuthError("missing token: send 'Authorization: Bearer <token>' or '?token='")
+    if not query_token and "token" in conn.query_params:
+        raise AuthError(
+            "send the token in 'Authorization: Bearer <token>'; ?token= is for /ws and /sse"
+        )
+    raise AuthError(
+        "missing token: send 'Authorization: Bearer <token>'"
+        + (" or '?token='" if query_token else "")
+    )
 
 
 # Dependencies are ``async def`` on purpose: FastAPI runs a plain ``def``

@@ -29,7 +29,7 @@ RETRY_MS = 1000  # how soon EventSource reconnects
 async def sse_endpoint(request: Request) -> StreamingResponse:
     runtime = get_runtime(request)
     try:
-        principal = authenticate(request)
+        principal = authenticate(request, query_token=True)
         topics = principal.allowed_topics(request.query_params.get("topics"))
     except ForbiddenTopic as exc:
         raise HTTPException(403, str(exc)) from None

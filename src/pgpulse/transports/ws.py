@@ -44,7 +44,7 @@ def parse_last_event_id(value: str | None) -> int | None:
 async def websocket_endpoint(websocket: WebSocket) -> None:
     runtime = get_runtime(websocket)
     try:
-        principal = authenticate(websocket)
+        principal = authenticate(websocket, query_token=True)
         topics = principal.allowed_topics(websocket.query_params.get("topics"))
         resume_from = parse_last_event_id(websocket.query_params.get("last_event_id"))
     except (AuthError, ValueError) as exc:
