@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 import signal
@@ -42,6 +43,7 @@ from .retention import prune_forever
 from .routes import DirectRoutes
 from .runtime import Runtime
 from .settings import Settings
+from .transports.lifetime import apply_control
 from .transports.sse import sse_endpoint
 from .transports.subscription import Stream
 
@@ -138,6 +140,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             hub,
             poll_interval=settings.listener_poll_interval,
             on_events=metrics.events_delivered.inc,
+            on_control=functools.partial(apply_control, hub),
         )
         hub.on_new_room = listener.kick
         _end_streams_on_signal(hub)

@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("pgpulse.listener")
 
 CHANNEL = "pgpulse"
+CONTROL_CHANNEL = "pgpulse_control"
+"""Operators' requests to every node (``pgpulse.disconnect``), on the same LISTEN
+connection as the wake-ups; their payload is JSON, never a tenant id."""
 FETCH_LIMIT = 1000  # rows per tenant per read; a longer backlog takes more reads
 MIN_BACKOFF = 0.05  # seconds
 MAX_BACKOFF = 1.0  # seconds: delivery is back within about a second of the database
@@ -58,12 +61,14 @@ class Listener:
         sink: EventSink,
         poll_interval: float = 5.0,
         on_events: Callable[[int], None] | None = None,
+        on_control: Callable[[str], None] | None = None,
     ) -> None:
         self._url = url
         self._pool = pool
         self._sink = sink
         self._poll_interval = poll_interval
         self._on_events = on_events
+        self._on_control = on_control
         self._woken: set[str] = set()
         self._catch_up_all = True
         self._wake = asyncio.Event()
@@ -120,6 +125,8 @@ class Listener:
             try:
                 self._conn = await db.connect(self._url, db.LISTENER_APP_NAME)
                 await self._conn.execute(f"LISTEN {CHANNEL}")
+                if self._on_control is not None:
+                    await self._conn.execute(f"LISTEN {CONTROL_CHANNEL}")
                 self.connected = True
                 if listened:
                     self.reconnects += 1
@@ -156,6 +163,10 @@ class Listener:
     async def _receive(self, conn: psycopg.AsyncConnection[Any]) -> None:
         while True:
             async for notify in conn.notifies(timeout=self._poll_interval):
+                if notify.channel == CONTROL_CHANNEL:
+                    if self._on_control is not None:
+                        self._on_control(notify.payload)
+                    continue
                 self._woken.add(notify.payload)
                 self._wake.set()
             # Quiet for poll_interval: prove the connection alive, and poll the

@@ -20,6 +20,7 @@ from ..errors import AuthError, DatabaseUnavailable, ForbiddenTopic
 from ..events import Event
 from ..hub import SlowConsumer, Subscription
 from ..runtime import Runtime
+from .lifetime import Lifetime
 from .subscription import HEARTBEAT
 from .ws import parse_last_event_id
 
@@ -50,18 +51,20 @@ async def sse_endpoint(request: Request) -> StreamingResponse:
         max_events=runtime.settings.queue_max_events,
         max_bytes=runtime.settings.queue_max_bytes,
     )
+    lifetime = Lifetime(principal, subscription, None)  # SSE has no way to refresh in band
     return StreamingResponse(
-        _body(runtime, subscription, resume_from),
+        _body(runtime, subscription, resume_from, lifetime),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
 async def _body(
-    runtime: Runtime, subscription: Subscription, resume_from: int | None
+    runtime: Runtime, subscription: Subscription, resume_from: int | None, lifetime: Lifetime
 ) -> AsyncIterator[bytes]:
     gauge = runtime.metrics.connections.labels("sse")
     gauge.inc()
+    lifetime.start()  # the stream ends at the token's exp
     try:
         yield f"retry: {RETRY_MS}\n\n".encode()
         frames = runtime.stream.frames(
@@ -80,5 +83,6 @@ async def _body(
     except DatabaseUnavailable:
         pass  # likewise: EventSource comes back after `retry` and resumes
     finally:
+        lifetime.stop()
         gauge.dec()
         runtime.hub.leave(subscription)

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
+from typing import Any
 
 import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -28,7 +29,11 @@ from ..events import (
 from ..hub import SlowConsumer, Subscription
 from ..limits import close_reason
 from ..runtime import Runtime
+from .lifetime import Lifetime
 from .uvicorn_ws import EXTENSION
+
+Ops = Callable[[dict[str, Any]], str | None]
+"""Answers the client ops a module handles (e.g. ``refresh``), or None for others."""
 
 CLOSE_TIMEOUT = 5.0  # seconds to get a close frame out to a peer that does not read
 
@@ -66,7 +71,11 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     lock = asyncio.Lock()
     gauge = runtime.metrics.connections.labels("ws")
     gauge.inc()
-    reader = asyncio.create_task(_read_client(websocket, subscription, lock, runtime))
+    lifetime = Lifetime(principal, subscription, runtime.verifier)
+    lifetime.start()
+    reader = asyncio.create_task(
+        _read_client(websocket, subscription, lock, runtime, lifetime.answer)
+    )
     try:
         frames = runtime.stream.frames(subscription, resume_from, direct=_direct_writer(websocket))
         async with contextlib.aclosing(frames) as items:
@@ -74,7 +83,9 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
                 text = item.frame if isinstance(item, Event) else item
                 async with lock:
                     await websocket.send_text(text)
-        if subscription.restarting:
+        if subscription.ended is not None:  # token expired, or an operator's disconnect
+            await _close(websocket, *subscription.ended)
+        elif subscription.restarting:
             await _close(websocket, WS_1012_SERVICE_RESTART, "server restarting")
     except SlowConsumer:
         runtime.metrics.slow_consumers.inc()
@@ -84,6 +95,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     except (WebSocketDisconnect, RuntimeError, OSError):
         pass  # the peer went away mid-send
     finally:
+        lifetime.stop()
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await reader
@@ -113,7 +125,11 @@ async def _close(websocket: WebSocket, code: int, reason: str) -> None:
 
 
 async def _read_client(
-    websocket: WebSocket, subscription: Subscription, lock: asyncio.Lock, runtime: Runtime
+    websocket: WebSocket,
+    subscription: Subscription,
+    lock: asyncio.Lock,
+    runtime: Runtime,
+    ops: Ops | None = None,
 ) -> tuple[int, str] | None:
     """Answer client frames until the peer leaves; returns a close code for abuse."""
     rate = runtime.settings.client_frames_per_second
@@ -131,7 +147,7 @@ async def _read_client(
             if allowance < 0:
                 subscription.close()
                 return (WS_1008_POLICY_VIOLATION, "too many client frames")
-            reply = _answer(message.get("text"), message.get("bytes"))
+            reply = _answer(message.get("text"), message.get("bytes"), ops)
             async with lock:
                 await websocket.send_text(reply)
     except (WebSocketDisconnect, RuntimeError, OSError):
@@ -140,7 +156,7 @@ async def _read_client(
         subscription.close()
 
 
-def _answer(text: str | None, data: bytes | None) -> str:
+def _answer(text: str | None, data: bytes | None, ops: Ops | None = None) -> str:
     if text is None:
         return control("error", message="binary frames are not supported; send JSON text")
     try:
@@ -153,4 +169,6 @@ def _answer(text: str | None, data: bytes | None) -> str:
         )
     if frame["op"] == "ping":
         return control("pong")
-    return control("error", message=f"unknown op {frame['op'][:40]!r}; known: ping")
+    if ops is not None and (reply := ops(frame)) is not None:
+        return reply
+    return control("error", message=f"unknown op {frame['op'][:40]!r}; known: ping, refresh")
