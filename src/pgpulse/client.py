@@ -8,6 +8,11 @@ is not retried: it raises :class:`~pgpulse.errors.AuthError`; any other 4xx
 answer raises :class:`~pgpulse.errors.PgpulseError` (a wrong URL does not get
 better by retrying).
 
+``token`` may be a function (plain or async) that returns a current token:
+the client then calls it before every connection, and refreshes in band
+(``{"op": "refresh"}``) ahead of each token's expiry, so a long-lived
+stream never reconnects for a token.
+
 The position it resumes from is the newest id the server said this
 connection was sent *or skipped* (the ``ready`` frame), not only the last
 event it yielded: a client filtered to a rare topic would otherwise resume
@@ -17,9 +22,12 @@ from far back, and be told its history expired when it missed nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import logging
 import random
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -36,13 +44,37 @@ MAX_BACKOFF = 5.0  # seconds
 MIN_BACKOFF = 0.1  # seconds
 OPEN_TIMEOUT = 10.0  # seconds for the WebSocket handshake
 RETRYABLE_4XX = frozenset({408, 429})
+REFRESH_AHEAD = 60.0  # seconds before exp that a token is refreshed (at most a quarter of its life)
+TOKEN_EXPIRED = "token expired"  # the reason of the server's 1008 at exp
+
+TokenProvider = Callable[[], str | Awaitable[str]]
+
+
+def token_expiry(token: str) -> float | None:
+    """The ``exp`` a token carries (read without verifying: only the server can)."""
+    import jwt
+
+    try:
+        exp = jwt.decode(token, options={"verify_signature": False}).get("exp")
+    except jwt.PyJWTError:
+        return None
+    return float(exp) if isinstance(exp, int | float) else None
+
+
+def refresh_at(token: str) -> float | None:
+    """When to refresh ``token`` (Unix time): :data:`REFRESH_AHEAD` before its exp, or a
+    quarter of its remaining life before it for short-lived tokens."""
+    exp = token_expiry(token)
+    if exp is None:
+        return None
+    return exp - min(REFRESH_AHEAD, max(0.0, exp - time.time()) / 4)
 
 
 class Client:
     def __init__(
         self,
         url: str,
-        token: str,
+        token: str | TokenProvider,
         *,
         topics: list[str] | None = None,
         last_event_id: int | None = None,
@@ -50,7 +82,9 @@ class Client:
         max_backoff: float = MAX_BACKOFF,
     ) -> None:
         self.url = url
-        self.token = token
+        self._provider = token if callable(token) else None
+        self.token = token if isinstance(token, str) else ""
+        self.refreshes = 0
         self.topics = topics
         self.last_event_id = last_event_id
         self.on_control = on_control
@@ -68,15 +102,44 @@ class Client:
         path = parts.path.rstrip("/") + "/ws"
         return urlunsplit((scheme, parts.netloc, path, urlencode(query), ""))
 
+    async def _fresh_token(self) -> str:
+        assert self._provider is not None
+        value = self._provider()
+        token = await value if inspect.isawaitable(value) else value
+        if not isinstance(token, str) or not token:
+            raise AuthError("the token provider returned no token")
+        return token
+
+    async def _refresh_ahead(self, ws: Any) -> None:
+        """Send a fresh token before the current one expires, for as long as ``ws`` is open."""
+        while True:
+            at = refresh_at(self.token)
+            if at is None:
+                return
+            await asyncio.sleep(max(0.0, at - time.time()))
+            try:
+                token = await self._fresh_token()
+            except Exception as exc:  # the server closes at exp; the reconnect asks again
+                log.warning("token provider failed: %s", exc)
+                return
+            self.token = token
+            await ws.send(orjson.dumps({"op": "refresh", "token": token}).decode())
+            self.refreshes += 1
+
     async def __aiter__(self) -> AsyncIterator[Event]:
         backoff = MIN_BACKOFF
         while True:
+            refresher: asyncio.Task[None] | None = None
             try:
+                if self._provider is not None:
+                    self.token = await self._fresh_token()
                 async with websockets.connect(
                     self.ws_url(), max_size=None, open_timeout=OPEN_TIMEOUT
                 ) as ws:
                     self.connects += 1
                     backoff = MIN_BACKOFF
+                    if self._provider is not None:
+                        refresher = asyncio.get_running_loop().create_task(self._refresh_ahead(ws))
                     async for message in ws:
                         body = orjson.loads(message)
                         if "op" in body:
@@ -99,7 +162,12 @@ class Client:
                         self.last_event_id = event.id
                         yield event
             except ConnectionClosed as exc:
-                if exc.rcvd is not None and exc.rcvd.code == WS_1008_POLICY_VIOLATION:
+                expired = exc.rcvd is not None and exc.rcvd.reason == TOKEN_EXPIRED
+                if (
+                    exc.rcvd is not None
+                    and exc.rcvd.code == WS_1008_POLICY_VIOLATION
+                    and not (expired and self._provider is not None)
+                ):
                     raise AuthError(f"refused: {exc.rcvd.reason}") from None
                 log.info("connection closed (%s); resuming after %s", exc, self.last_event_id)
             except InvalidStatus as exc:
@@ -115,5 +183,10 @@ class Client:
                 log.info("handshake failed (%s); retrying", exc)
             except (OSError, TimeoutError) as exc:
                 log.info("cannot connect (%s); retrying", exc)
+            finally:
+                if refresher is not None:
+                    refresher.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await refresher
             await asyncio.sleep(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, self.max_backoff)

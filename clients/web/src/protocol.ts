@@ -47,7 +47,13 @@ export interface ErrorFrame {
   readonly message: string;
 }
 
-export type ControlFrame = ReadyFrame | ResetFrame | PongFrame | ErrorFrame;
+/** The answer to `{"op": "refresh"}`: the connection now lives until `exp` (Unix seconds). */
+export interface RefreshedFrame {
+  readonly op: "refreshed";
+  readonly exp: number | null;
+}
+
+export type ControlFrame = ReadyFrame | ResetFrame | PongFrame | ErrorFrame | RefreshedFrame;
 
 export type Frame =
   | { readonly kind: "event"; readonly event: PgpulseEvent }
@@ -67,6 +73,9 @@ export const WS_1012_SERVICE_RESTART = 1012;
 export const WS_1013_TRY_AGAIN_LATER = 1013;
 /** Sent by the client when it gives up on a connection that stopped answering. */
 export const WS_4000_CLIENT_TIMEOUT = 4000;
+
+/** The server's close reason at a token's `exp`. */
+export const TOKEN_EXPIRED = "token expired";
 
 /** The client's keepalive frame. */
 export const PING_FRAME = JSON.stringify({ op: "ping" });
@@ -111,6 +120,8 @@ function toControl(value: Record<string, unknown>): ControlFrame | null {
       return { op: "pong" };
     case "error":
       return { op: "error", message: typeof value.message === "string" ? value.message : "" };
+    case "refreshed":
+      return { op: "refreshed", exp: typeof value.exp === "number" ? value.exp : null };
     default:
       return null;
   }
