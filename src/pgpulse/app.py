@@ -29,6 +29,7 @@ from psycopg import OperationalError
 from psycopg_pool import PoolTimeout
 
 from . import db
+from .admission import Admission
 from .api import events, health, jobs, notifications
 from .api.deps import database_unavailable, describe_errors
 from .auth import Verifier
@@ -144,7 +145,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         hub.on_new_room = listener.kick
         _end_streams_on_signal(hub)
-        history = History(pool)
+        history = History(pool)  # leaves a share of the pool to publishing
         app.state.runtime = Runtime(
             settings=settings,
             database_url=url,
@@ -156,6 +157,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             publisher=BatchPublisher(pool),
             verifier=verifier,
             metrics=metrics,
+            admission=Admission.from_settings(settings),
         )
         listener.start()
         pruner = asyncio.create_task(

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from psycopg_pool import AsyncConnectionPool
 
+from .admission import Admission
 from .auth import Verifier
 from .history import History
 from .hub import Hub
@@ -28,3 +29,5 @@ class Runtime:
     publisher: BatchPublisher
     verifier: Verifier
     metrics: Metrics
+    admission: Admission | None = None
+    """Caps and connect rate of streams; None admits every stream."""

@@ -97,6 +97,13 @@ class Settings(BaseSettings):
     """Claim naming the user; like ``tenant_claim`` and ``topics_claim``, a dotted path
     (``app_metadata.tenant_id``, ``o.id``) reaches into nested objects."""
 
+    max_connections_per_tenant: int = Field(default=10_000, ge=1)
+    """Open streams (/ws and /sse) of one tenant per process; more are refused (1013, 429)."""
+    max_connections_per_user: int = Field(default=100, ge=1)
+    """Open streams of one user (token ``sub``) per process."""
+    connect_rate_per_tenant: float = Field(default=500.0, gt=0)
+    """New streams a second of one tenant per process (two seconds' worth at once)."""
+
     @field_validator("allowed_origins", "job_kinds", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:

@@ -15,6 +15,8 @@ from pgpulse import Job, JobLost, Worker
 from ..jobs_support import job_row, running, until_status
 from ..support import TIMEOUT, ServerHandle, events, mint, no_more_events, start_server, until_ready
 
+JOBS = ["jobs"]  # the scope POST /api/jobs needs
+
 
 async def submit(server: ServerHandle, token: str, body: object) -> str:
     async with server.http() as http:
@@ -43,7 +45,7 @@ async def test_a_job_reports_start_progress_and_result_in_order(
             await job.progress(step / 4, f"chunk {step}")
         return {"summary": job.input["text"].upper()}
 
-    token = mint(tenant)
+    token = mint(tenant, scopes=JOBS)
     async with (
         server.connect(token, topics="ai_jobs") as ws,
         running(worker, server.runtime.database_url),
@@ -84,7 +86,7 @@ async def test_a_failing_handler_fails_the_job_with_its_message(
         await job.progress(0.3)
         raise RuntimeError("model unavailable")
 
-    token = mint(tenant)
+    token = mint(tenant, scopes=JOBS)
     async with (
         server.connect(token, topics="ai_jobs") as ws,
         running(worker, server.runtime.database_url),
@@ -112,7 +114,7 @@ async def test_results_that_are_not_json_and_timeouts_fail_the_job(
     async def too_slow(job: Job) -> Any:
         await asyncio.Event().wait()
 
-    token = mint(tenant)
+    token = mint(tenant, scopes=JOBS)
     async with (
         server.connect(token, topics="ai_jobs") as ws,
         running(worker, server.runtime.database_url),
@@ -133,8 +135,8 @@ async def test_results_that_are_not_json_and_timeouts_fail_the_job(
 async def test_jobs_are_private_to_their_tenant_and_user(server: ServerHandle, tenant: str) -> None:
     kind = "private-" + tenant
     worker = Worker({kind: _done}, poll_interval=1.0)
-    ann, bob = mint(tenant, user="ann"), mint(tenant, user="bob")
-    other_tenant = mint(tenant + "-other", user="ann")
+    ann, bob = mint(tenant, user="ann", scopes=JOBS), mint(tenant, user="bob", scopes=JOBS)
+    other_tenant = mint(tenant + "-other", user="ann", scopes=JOBS)
     async with (
         server.connect(ann, topics="ai_jobs") as ws_ann,
         server.connect(bob, topics="ai_jobs") as ws_bob,
@@ -176,7 +178,7 @@ async def test_bad_jobs_get_422_naming_the_field(
 ) -> None:
     async with server.http() as http:
         r = await http.post(
-            "/api/jobs", json=body, headers={"Authorization": f"Bearer {mint(tenant)}"}
+            "/api/jobs", json=body, headers={"Authorization": f"Bearer {mint(tenant, scopes=JOBS)}"}
         )
     assert r.status_code == 422, r.text
     assert detail in r.json()["detail"]
@@ -186,7 +188,7 @@ async def test_unauthenticated_and_oversized_requests_are_refused(
     database_url: str, tmp_path: Path, tenant: str
 ) -> None:
     async with start_server(database_url, tmp_path, max_payload_bytes=2048, job_kinds="a,b") as srv:
-        auth = {"Authorization": f"Bearer {mint(tenant)}"}
+        auth = {"Authorization": f"Bearer {mint(tenant, scopes=JOBS)}"}
         async with srv.http() as http:
             assert (await http.post("/api/jobs", json={"kind": "a"})).status_code == 401
             assert (await http.get("/api/jobs/0")).status_code == 401
@@ -212,7 +214,7 @@ async def test_a_stopping_worker_gives_its_jobs_back_to_the_next(
         started.set()
         await asyncio.Event().wait()
 
-    token = mint(tenant)
+    token = mint(tenant, scopes=JOBS)
     url = server.runtime.database_url
     async with running(first, url):
         job_id = await submit(server, token, {"kind": kind})
@@ -268,7 +270,7 @@ async def test_metrics_show_the_backlog_and_its_age(server: ServerHandle, tenant
     async with server.http() as http:
         before = (await http.get("/metrics")).text
         for _ in range(2):  # a kind no worker runs: they wait
-            await submit(server, mint(tenant), {"kind": "unserved-" + tenant})
+            await submit(server, mint(tenant, scopes=JOBS), {"kind": "unserved-" + tenant})
         after = (await http.get("/metrics")).text
     assert gauge(after, queued) == gauge(before, queued) + 2
     assert gauge(after, "pgpulse_jobs_oldest_queued_seconds") > 0

@@ -172,7 +172,7 @@ describe("NotificationCenter in Chromium", () => {
   it("shows a real job's progress and completion", async () => {
     const { browser, server } = running();
     const tenant = uniqueTenant("e2e-jobs");
-    const token = mintToken({ tenant_id: tenant, sub: "alice" });
+    const token = mintToken({ tenant_id: tenant, sub: "alice", scope: "jobs" });
     const worker = await startWorker(server.dataDir);
     const context = await browser.newContext();
     try {

@@ -314,7 +314,7 @@ describe("PgpulseClient", () => {
 
   it("answers the notification endpoints and delivers their events", async () => {
     const tenant = uniqueTenant("notify");
-    const token = mintToken({ tenant_id: tenant });
+    const token = mintToken({ tenant_id: tenant, scope: "publish" });
     const recorder = connect({ token, topics: ["notifications"] });
     await recorder.status("open");
     const created = await createNotification({ url, token }, "hello");

@@ -51,7 +51,7 @@ def authenticate(conn: HTTPConnection, query_token: bool = False) -> Principal:
             return Principal(
                 tenant_id=tenant,
                 user_id=user if is_name(user := conn.query_params.get("user_id")) else None,
-                scopes=frozenset({"publish"}),
+                scopes=frozenset({"publish", "jobs"}),
             )
     if not query_token and "token" in conn.query_params:
         raise AuthError(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
 from ..publish import publish
@@ -40,6 +40,8 @@ async def create_notification(
     request: Request, runtime: RuntimeDep, principal: PrincipalDep
 ) -> NotificationCreated:
     # The token is checked (by the dependency) before a byte of the body is read.
+    if "publish" not in principal.scopes:  # the event goes to the whole tenant
+        raise HTTPException(403, "token lacks scope 'publish'")
     body = await read_model(request, NotificationIn, runtime.settings.max_payload_bytes)
     async with runtime.pool.connection() as conn, conn.transaction():
         cur = await conn.execute(
@@ -67,6 +69,8 @@ async def list_notifications(
     before: int | None = Query(default=None, ge=1),
     limit: int = Query(default=50, ge=1, le=500),
 ) -> list[Notification]:
+    if principal.topics is not None and "notifications" not in principal.topics:
+        raise HTTPException(403, "token does not allow topic(s): notifications")
     async with runtime.pool.connection() as conn:
         cur = await conn.execute(
             QUERIES["list_notifications"],

@@ -38,6 +38,10 @@ async def sse_endpoint(request: Request) -> StreamingResponse:
         raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
     except ValueError as exc:  # a malformed topic list
         raise HTTPException(422, str(exc)) from None
+    admission = runtime.admission
+    refusal = admission and admission.refusal(principal.tenant_id, principal.user_id)
+    if refusal:
+        raise HTTPException(429, refusal, headers={"Retry-After": "1"})
     try:
         resume_from = parse_last_event_id(
             request.headers.get("last-event-id") or request.query_params.get("last_event_id")
@@ -62,6 +66,10 @@ async def sse_endpoint(request: Request) -> StreamingResponse:
 async def _body(
     runtime: Runtime, subscription: Subscription, resume_from: int | None, lifetime: Lifetime
 ) -> AsyncIterator[bytes]:
+    # Counted here, not when the request came: a body that never starts never ends.
+    admission = runtime.admission
+    if admission is not None and not admission.admit(subscription.tenant_id, subscription.user_id):
+        return  # over a cap after all (others came first): EventSource retries later
     gauge = runtime.metrics.connections.labels("sse")
     gauge.inc()
     lifetime.start()  # the stream ends at the token's exp
@@ -84,5 +92,7 @@ async def _body(
         pass  # likewise: EventSource comes back after `retry` and resumes
     finally:
         lifetime.stop()
+        if admission is not None:
+            admission.release(subscription.tenant_id, subscription.user_id)
         gauge.dec()
         runtime.hub.leave(subscription)

@@ -59,6 +59,13 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         await websocket.close(WS_1008_POLICY_VIOLATION, reason=close_reason(str(exc)))
         return
 
+    admission = runtime.admission
+    refusal = admission and admission.refusal(principal.tenant_id, principal.user_id)
+    if refusal:
+        await websocket.accept()
+        await websocket.close(WS_1013_TRY_AGAIN_LATER, reason=close_reason(refusal))
+        return
+
     await websocket.accept()
     settings = runtime.settings
     subscription = Subscription(
@@ -68,6 +75,9 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         max_events=settings.queue_max_events,
         max_bytes=settings.queue_max_bytes,
     )
+    if admission is not None and not admission.admit(principal.tenant_id, principal.user_id):
+        await _close(websocket, WS_1013_TRY_AGAIN_LATER, "too many connections; retry later")
+        return
     lock = asyncio.Lock()
     gauge = runtime.metrics.connections.labels("ws")
     gauge.inc()
@@ -96,6 +106,8 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         pass  # the peer went away mid-send
     finally:
         lifetime.stop()
+        if admission is not None:
+            admission.release(principal.tenant_id, principal.user_id)
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await reader
