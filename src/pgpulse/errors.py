@@ -41,3 +41,12 @@ class TrackError(PgpulseError):
 
 class InvalidJob(PgpulseError):
     """the job is not valid."""
+
+
+class JobFailed(PgpulseError):
+    """the job failed.
+
+    Raised by a job handler on purpose: its message is the job's ``error``,
+    which the job's tenant sees. Any other exception is reported to the
+    tenant as "internal error" only (its details go to the worker's log).
+    """

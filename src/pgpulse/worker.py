@@ -16,7 +16,11 @@ stops claiming, lets its jobs finish for a grace period, and gives back the
 rest, queued again at once.
 
 Handlers are ``async def handler(job: Job) -> result``; ``result`` is any
-JSON-serialisable value. An exception fails the job with its message.
+JSON-serialisable value. A :class:`pgpulse.JobFailed` fails the job with its
+message, which the tenant sees; any other exception fails it with
+"internal error" only, because exception texts carry what a tenant must not
+see (connection strings, other tenants' data, stack details): they go to the
+worker's log, with the job's id.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from . import db
-from .errors import InvalidJob
+from .errors import InvalidJob, JobFailed
 from .events import MAX_NAME_LENGTH, is_name
 from .migrate import migrate
 from .publish import encode_json
@@ -49,6 +53,7 @@ log = logging.getLogger("pgpulse.worker")
 CHANNEL = "pgpulse_jobs"
 PROGRESS_INTERVAL = 0.1  # seconds: at most ten progress events a second per job
 MAX_ERROR_LENGTH = 2000  # characters of a failure's message kept in the job
+INTERNAL_ERROR = "internal error"  # what a tenant sees of an unexpected exception
 MAX_BACKOFF = 2.0  # seconds between attempts while the database is away
 
 Handler = Callable[["Job"], Awaitable[Any]]
@@ -295,14 +300,14 @@ class Worker:
             if job.lost:
                 return  # taken back; another worker runs it
             raise  # shutting down: the job is given back
-        except InvalidJob as exc:  # the result would not encode
-            error = str(exc)
+        except (InvalidJob, JobFailed) as exc:  # the result would not encode; or on purpose
+            error = str(exc)[:MAX_ERROR_LENGTH]
         except Exception as exc:
             if isinstance(exc, TimeoutError) and timer.expired():
                 error = f"timed out after {self.timeout:g} s"
             else:
                 log.exception("job %s (%s) failed", job.id, job.kind)
-                error = describe_failure(exc)
+                error = INTERNAL_ERROR
         finally:
             job.stop_reporting()
         await self._finish(pool, job, result_json, error)
@@ -403,12 +408,6 @@ class Worker:
             backoff = min(backoff * 2, MAX_BACKOFF)
 
 
-def describe_failure(exc: BaseException) -> str:
-    """A handler's exception as the job's ``error``: its type and message, bounded."""
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return text[:MAX_ERROR_LENGTH]
-
-
 async def echo(job: Job) -> Any:
     """Built-in kind ``echo``: the result is the input."""
     return job.input
@@ -417,10 +416,13 @@ async def echo(job: Job) -> Any:
 async def sleep(job: Job) -> Any:
     """Built-in kind ``sleep``: ``{"seconds": s, "steps": n}``, reporting each step."""
     spec = job.input if isinstance(job.input, dict) else {}
-    seconds = float(spec.get("seconds", 1.0))
-    steps = max(1, int(spec.get("steps", 10)))
+    try:
+        seconds = float(spec.get("seconds", 1.0))
+        steps = max(1, int(spec.get("steps", 10)))
+    except (TypeError, ValueError):
+        raise JobFailed("seconds and steps must be numbers") from None
     if not 0 <= seconds <= 3600:
-        raise ValueError("seconds must be from 0 to 3600")
+        raise JobFailed("seconds must be from 0 to 3600")
     for step in range(1, steps + 1):
         await asyncio.sleep(seconds / steps)
         await job.progress(step / steps, f"step {step} of {steps}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,7 @@ async def test_a_failing_handler_fails_the_job_with_its_message(
     @worker.handler(kind)
     async def flaky(job: Job) -> Any:
         await job.progress(0.3)
-        raise RuntimeError("model unavailable")
+        raise pgpulse.JobFailed("model unavailable")
 
     token = mint(tenant, scopes=JOBS)
     async with (
@@ -95,10 +96,48 @@ async def test_a_failing_handler_fails_the_job_with_its_message(
         job_id = await submit(server, token, {"kind": kind})
         frames = await events(ws, 3)
         assert [f["type"] for f in frames] == ["ai_job.started", "ai_job.progress", "ai_job.failed"]
-        assert frames[2]["data"] == {"job_id": job_id, "error": "RuntimeError: model unavailable"}
+        assert frames[2]["data"] == {"job_id": job_id, "error": "model unavailable"}
     status, body = await read(server, token, job_id)
     assert (status, body["status"], body["progress"]) == (200, "failed", 0.3)
-    assert body["error"] == "RuntimeError: model unavailable" and body["result"] is None
+    assert body["error"] == "model unavailable" and body["result"] is None
+
+
+async def test_an_unexpected_exception_never_reaches_the_tenant(
+    server: ServerHandle, tenant: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = "postgresql://app:hunter2@db.internal/prod"
+    kind = "leaky-" + tenant
+    worker = Worker(poll_interval=1.0)
+
+    @worker.handler(kind)
+    async def leaky(job: Job) -> Any:
+        raise RuntimeError(f"cannot reach {secret}")
+
+    token = mint(tenant, scopes=JOBS)
+    with caplog.at_level(logging.ERROR, logger="pgpulse.worker"):
+        async with (
+            server.connect(token, topics="ai_jobs") as ws,
+            running(worker, server.runtime.database_url),
+        ):
+            await until_ready(ws)
+            job_id = await submit(server, token, {"kind": kind})
+            frames = await events(ws, 2)
+    assert frames[-1]["type"] == "ai_job.failed"
+    assert frames[-1]["data"] == {"job_id": job_id, "error": "internal error"}
+    status, body = await read(server, token, job_id)
+    assert (status, body["error"]) == (200, "internal error")
+    async with await psycopg.AsyncConnection.connect(server.runtime.database_url) as c:
+        cur = await c.execute(
+            "SELECT count(*) FROM pgpulse.events WHERE tenant_id = %s AND data::text LIKE %s",
+            [tenant, "%hunter2%"],
+        )
+        row = await cur.fetchone()
+        cur = await c.execute("SELECT error FROM pgpulse.jobs WHERE id = %s", [job_id])
+        stored = await cur.fetchone()
+    assert row is not None and row[0] == 0 and stored == ("internal error",)
+    # The operator still learns what happened, with the job's id.
+    logged = "\n".join(r.getMessage() + str(r.exc_info) for r in caplog.records)
+    assert job_id in logged and "hunter2" in logged
 
 
 async def test_results_that_are_not_json_and_timeouts_fail_the_job(
