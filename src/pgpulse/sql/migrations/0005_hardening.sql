@@ -220,3 +220,52 @@ BEGIN
     RETURN NULL;
 END
 $$;
+
+-- Privileges. Nothing of schema pgpulse is anyone's by default: functions
+-- lose PostgreSQL's default EXECUTE for PUBLIC. A role that publishes (an
+-- app's backend, the writers of tracked tables) is made a member of
+-- pgpulse_publisher, which may call publish() and submit_job() and fire the
+-- tracking trigger, and nothing else: those two run as their owner
+-- (SECURITY DEFINER, with a fixed search_path, so a caller's objects can
+-- never stand in for pgpulse's), so publishers need no privilege on the
+-- tables. pgpulse.disconnect stays the owner's (an operator's).
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA pgpulse FROM PUBLIC;
+ALTER DEFAULT PRIVILEGES IN SCHEMA pgpulse REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;
+
+ALTER FUNCTION pgpulse.publish(text, text, text, jsonb, text)
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION pgpulse.submit_job(text, text, jsonb, text)
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'pgpulse_publisher') THEN
+        CREATE ROLE pgpulse_publisher NOLOGIN;
+    END IF;
+EXCEPTION
+    WHEN duplicate_object OR unique_violation THEN
+        NULL;  -- created meanwhile by another database's migration
+    WHEN insufficient_privilege THEN
+        RAISE NOTICE 'pgpulse: role pgpulse_publisher not created (this role lacks CREATEROLE); '
+                     'publishers need EXECUTE on pgpulse.publish and USAGE on schema pgpulse';
+END
+$$;
+
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'pgpulse_publisher') THEN
+        GRANT USAGE ON SCHEMA pgpulse TO pgpulse_publisher;
+        GRANT EXECUTE ON FUNCTION
+            pgpulse.publish(text, text, text, jsonb, text),
+            pgpulse.submit_job(text, text, jsonb, text),
+            pgpulse.track_trigger(),
+            pgpulse._track_when(text, anyelement),
+            pgpulse._track_columns(jsonb, jsonb),
+            pgpulse._track_event(oid, text, text, text, text, text, text, jsonb, jsonb, jsonb),
+            pgpulse._track_publish(text, text, text, text, text, jsonb, jsonb),
+            pgpulse.max_payload_bytes(),
+            pgpulse._check_event_size()
+            TO pgpulse_publisher;
+    END IF;
+END
+$$;
