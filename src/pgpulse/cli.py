@@ -143,11 +143,19 @@ def serve(
             os.environ["PGPULSE_INSECURE_DEV"] = "1"
         if settings.embedded:
             err.print(f"embedded PostgreSQL: data in {settings.pgdata}", highlight=False)
-        err.print(
-            f"pgpulse on http://{settings.host}:{settings.port}  "
-            f"(mint a token: pgpulse token --tenant acme)",
-            highlight=False,
-        )
+        if settings.insecure_dev:
+            err.print(
+                f"pgpulse on http://{settings.host}:{settings.port} in INSECURE DEV MODE: "
+                f"?tenant_id= is accepted without a token, so anyone here can read any tenant",
+                style="bold red",
+                highlight=False,
+            )
+        else:
+            err.print(
+                f"pgpulse on http://{settings.host}:{settings.port}  "
+                f"(mint a token: pgpulse token --tenant acme)",
+                highlight=False,
+            )
         # uvicorn re-raises SIGTERM once it has shut down; turn it into a normal
         # exit so that the embedded PostgreSQL is stopped on the way out.
         signal.signal(signal.SIGTERM, _exit_quietly)

@@ -6,11 +6,12 @@ start (an empty JWT secret, a tiny queue) rather than misbehaving later.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -26,6 +27,16 @@ def default_data_dir() -> Path:
         return Path("/var/lib/pgpulse")
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "pgpulse"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (or ``localhost``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class Settings(BaseSettings):
@@ -123,6 +134,15 @@ class Settings(BaseSettings):
                 "several secrets are separated by commas, each at least 32 bytes"
             )
         return value
+
+    @model_validator(mode="after")
+    def _dev_mode_on_loopback_only(self) -> Settings:
+        if self.insecure_dev and not is_loopback(self.host):
+            raise ValueError(
+                f"insecure dev mode listens on loopback only (127.0.0.1, ::1, localhost), "
+                f"not {self.host!r}: it lets anyone read any tenant"
+            )
+        return self
 
     @property
     def embedded(self) -> bool:
