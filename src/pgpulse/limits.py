@@ -19,6 +19,8 @@ MAX_TOKEN_BYTES = 8 * 1024
 """Longest token accepted; longer ones are refused before they are decoded."""
 MAX_TOPICS = 100
 """Most topics one connection may name in ``topics=`` (or one refresh)."""
+MAX_ID = 2**63 - 1
+"""The largest id a query may name (PostgreSQL's bigint); past it a query would fail."""
 MAX_CLOSE_REASON_BYTES = 123
 """A WebSocket close frame's reason, in UTF-8 bytes (RFC 6455 §5.5: 125 minus the code)."""
 

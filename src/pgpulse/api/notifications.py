@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 
 from fastapi import APIRouter, HTTPException, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
+from ..limits import MAX_ID
 from ..publish import publish
 from ..sql import QUERIES
 from .deps import PrincipalDep, RuntimeDep, json_body_docs, read_model
@@ -16,6 +17,13 @@ router = APIRouter()
 
 class NotificationIn(BaseModel):
     message: str = Field(min_length=1, max_length=100_000)
+
+    @field_validator("message")
+    @classmethod
+    def _no_nul(cls, value: str) -> str:
+        if "\x00" in value:  # PostgreSQL text cannot hold it
+            raise ValueError("must not contain NUL characters")
+        return value
 
 
 class NotificationCreated(BaseModel):
@@ -66,7 +74,7 @@ async def create_notification(
 async def list_notifications(
     runtime: RuntimeDep,
     principal: PrincipalDep,
-    before: int | None = Query(default=None, ge=1),
+    before: int | None = Query(default=None, ge=1, le=MAX_ID),
     limit: int = Query(default=50, ge=1, le=500),
 ) -> list[Notification]:
     if principal.topics is not None and "notifications" not in principal.topics:
