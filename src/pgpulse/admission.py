@@ -3,7 +3,7 @@
 Each server process counts its own open streams (``/ws`` and ``/sse``) by
 tenant and by user, and refuses one past :attr:`Admission.per_tenant` or
 :attr:`Admission.per_user`; it also refuses new streams of a tenant faster
-than :attr:`Admission.rate` a second (a token bucket holding two seconds'
+than :attr:`Admission.rate` a second (a token bucket holding five seconds'
 worth), so one tenant's reconnect storm or a leaked token cannot take every
 socket and pool connection of a node. Refusals say why and are temporary:
 WebSocket close 1013, SSE 429, and clients retry with back-off. Limits are
@@ -20,7 +20,7 @@ from .settings import Settings
 
 K = TypeVar("K")
 
-BURST_SECONDS = 2.0  # a tenant may open this many seconds' worth of streams at once
+BURST_SECONDS = 5.0  # a tenant may open this many seconds' worth of streams at once
 MAX_BUCKETS = 10_000  # rate buckets kept before idle ones are dropped
 
 

@@ -112,8 +112,8 @@ class Settings(BaseSettings):
     """Open streams (/ws and /sse) of one tenant per process; more are refused (1013, 429)."""
     max_connections_per_user: int = Field(default=100, ge=1)
     """Open streams of one user (token ``sub``) per process."""
-    connect_rate_per_tenant: float = Field(default=500.0, gt=0)
-    """New streams a second of one tenant per process (two seconds' worth at once)."""
+    connect_rate_per_tenant: float = Field(default=1000.0, gt=0)
+    """New streams a second of one tenant per process (five seconds' worth at once)."""
 
     @field_validator("allowed_origins", "job_kinds", mode="before")
     @classmethod
