@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     pool_max_size: int = Field(default=10, ge=1)
 
     max_payload_bytes: int = Field(default=1024 * 1024, ge=1024)
-    """Largest accepted body of ``POST /api/events`` (413 past it)."""
+    """Largest accepted request body, on every route (413 past it)."""
     queue_max_events: int = Field(default=1000, ge=10)
     """Outbound events a connection may have queued before it is closed with 1013."""
     queue_max_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)

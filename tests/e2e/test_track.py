@@ -157,7 +157,7 @@ async def test_a_column_outside_the_allow_list_never_leaves_the_database(
         server.connect(mint(tenant)) as ws,
     ):
         await until_ready(ws)
-        await c.execute(f"INSERT INTO {table} VALUES (1, %s, 'card 4111-1111')", [tenant])
+        await c.execute(f"INSERT INTO {table} VALUES (1, %s, 'secret-card-4111')", [tenant])
         [got] = await events(ws, 1)
         assert got["data"]["new"] == {"id": 1, "org": tenant}
         cur = await c.execute("SELECT count(*) FROM pgpulse.events WHERE data::text LIKE '%4111%'")
