@@ -23,11 +23,12 @@ import uvicorn
 import websockets
 from websockets.asyncio.client import ClientConnection
 
+from pgpulse import server as servers
 from pgpulse.app import create_app
 from pgpulse.auth import Verifier
+from pgpulse.fastapi import Pgpulse
 from pgpulse.runtime import Runtime
 from pgpulse.settings import Settings
-from pgpulse.transports.uvicorn_ws import WebSocketProtocol
 
 SECRET = "test-secret-0123456789abcdef-0123456789"
 TIMEOUT = 10.0  # seconds: the bound on every wait in the tests
@@ -67,15 +68,12 @@ class ServerHandle:
     url: str
     app: Any
     server: uvicorn.Server
+    runtime: Runtime
+    """The server's running pieces (kept after it stops, for a last look at the database)."""
 
     @property
     def ws_url(self) -> str:
         return self.url.replace("http://", "ws://")
-
-    @property
-    def runtime(self) -> Runtime:
-        runtime: Runtime = self.app.state.runtime
-        return runtime
 
     def http(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.url, timeout=TIMEOUT)
@@ -103,36 +101,73 @@ async def start_server(
     """A server in this event loop; ``bind_port`` reuses a port (to restart "the same" server)."""
     settings = settings_for(database_url, data_dir, **overrides)
     app = create_app(settings)
+    async with serve(app, app.state.pgpulse, settings, bind_port) as handle:
+        yield handle
+
+
+@contextlib.asynccontextmanager
+async def start_library_app(
+    database_url: str, data_dir: Path, **overrides: Any
+) -> AsyncIterator[ServerHandle]:
+    """An app of its own with pgpulse's router under ``/realtime``, in this event loop.
+
+    Its principal is the tenant named by the ``X-Tenant`` header (a stand-in
+    for the app's own login); settings as :func:`start_server`'s.
+    """
+    from fastapi import FastAPI, Header
+
+    from pgpulse.fastapi import Pgpulse, Principal
+
+    async def principal(x_tenant: str | None = Header(None)) -> Principal | None:
+        return Principal(tenant_id=x_tenant, scopes={"publish"}) if x_tenant else None
+
+    settings = settings_for(database_url, data_dir, **overrides)
+    pulse = Pgpulse(principal=principal, settings=settings)
+    app = FastAPI(lifespan=pulse.lifespan)
+    app.include_router(pulse.router, prefix="/realtime")
+    app.include_router(pulse.health_router, prefix="/realtime")
+    async with serve(app, pulse, settings) as handle:
+        yield handle
+
+
+@contextlib.asynccontextmanager
+async def serve(
+    app: Any, pulse: Pgpulse, settings: Settings, bind_port: int | None = None
+) -> AsyncIterator[ServerHandle]:
+    """``app`` under uvicorn as `pgpulse serve` configures it, in this test's event loop,
+    until ``pulse`` listens."""
     sock = free_socket() if bind_port is None else bound_socket(bind_port)
-    config = uvicorn.Config(
-        app,
-        loop="asyncio",
-        ws=WebSocketProtocol,
-        ws_max_size=64 * 1024,
-        ws_ping_interval=settings.ws_ping_interval,  # as `pgpulse serve` does
-        ws_ping_timeout=settings.ws_ping_timeout,
-        ws_per_message_deflate=settings.ws_compression,
-        log_level="warning",
-        lifespan="on",
-        timeout_graceful_shutdown=2,
+    config = servers.uvicorn_config(
+        app, settings, loop="asyncio", log_level="warning", timeout_graceful_shutdown=2
     )
+    servers.tune_socket(sock, config)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
-    async with asyncio.timeout(TIMEOUT):
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.01)
-        while not app.state.runtime.listener.connected:
-            await asyncio.sleep(0.01)
-    host, port = sock.getsockname()
     try:
-        yield ServerHandle(f"http://{host}:{port}", app, server)
-    finally:
-        server.should_exit = True
         async with asyncio.timeout(TIMEOUT):
-            await task
-        sock.close()
+            while not server.started:
+                if task.done():
+                    task.result()
+                await asyncio.sleep(0.01)
+            while not (pulse.running and pulse.runtime.listener.connected):
+                await asyncio.sleep(0.01)
+        host, port = sock.getsockname()
+        yield ServerHandle(f"http://{host}:{port}", app, server, pulse.runtime)
+    finally:
+        # However the test ended, the server stops and its sockets and
+        # transports are closed: a busy machine must not turn a slow close
+        # into a leak (pytest reports those as unraisable warnings).
+        server.should_exit = True
+        try:
+            async with asyncio.timeout(TIMEOUT):
+                await asyncio.shield(task)
+        except TimeoutError:
+            server.force_exit = True
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        finally:
+            sock.close()
 
 
 async def recv(ws: ClientConnection, timeout: float = TIMEOUT) -> dict[str, Any]:
@@ -184,17 +219,17 @@ def serve_env(database_url: str, data_dir: Path, **settings: object) -> dict[str
 
 
 class PgpulseProcess:
-    """A ``pgpulse`` command as a child process, stopped by its pid.
+    """A ``pgpulse`` command (or ``module``'s) as a child process, stopped by its pid.
 
     Its output goes to a file, not a pipe: a chatty process must never block
     on a pipe nobody reads.
     """
 
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], module: str = "pgpulse") -> None:
         self._log = tempfile.TemporaryFile()
         weakref.finalize(self, self._log.close)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pgpulse", *args],
+            [sys.executable, "-m", module, *args],
             env={**os.environ, **env},
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -242,3 +277,21 @@ class ServerProcess(PgpulseProcess):
                 pass
             time.sleep(0.05)
         raise AssertionError(f"server on {self.port} not ready after {timeout} s")
+
+
+async def publish_for_id(conn: Any, **kwargs: Any) -> int:
+    """``pgpulse.publish`` on an autocommit connection, returning the event's id.
+
+    ``publish`` returns the event's key; its id is taken at commit, so a test
+    that needs the id (to page or resume by it) reads it back by the key.
+    """
+    import pgpulse
+
+    key = await pgpulse.publish(conn, **kwargs)
+    cur = await conn.execute(
+        "SELECT id FROM pgpulse.events WHERE tenant_id = %s AND key = %s",
+        [kwargs["tenant_id"], key],
+    )
+    row = await cur.fetchone()
+    assert row is not None, "publish_for_id needs an autocommit connection"
+    return int(row[0])

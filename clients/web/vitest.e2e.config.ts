@@ -6,5 +6,7 @@ export default defineConfig({
     environment: "node",
     testTimeout: 120_000,
     hookTimeout: 120_000,
+    // One file at a time: each starts its own servers, PostgreSQL and Chromium.
+    fileParallelism: false,
   },
 });

@@ -32,6 +32,11 @@ from .settings import Settings
 
 log = logging.getLogger("pgpulse.auth")
 
+ADMIN_SCOPE = "admin"
+"""The scope of the console and ``/api/admin``: every tenant's state, and tokens for any."""
+ADMIN_TENANT = "*"
+"""The tenant claim of admin tokens minted here: an admin token reads no one tenant
+(the admin API ignores its tenant; tenant sockets get tokens of their own)."""
 SECRET_BYTES = 48
 LEEWAY = 5  # seconds of clock skew tolerated on exp/nbf/iat
 VERIFIED_CACHE_SIZE = 10_000  # verified tokens remembered (the whole token is the key)
@@ -44,15 +49,43 @@ JWKS_MAX_AGE = 600.0  # seconds after which the set is fetched again at the next
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """A verified caller: its tenant, user, readable topics and scopes."""
+    """A verified caller: its tenant, user, readable topics and scopes.
+
+    pgpulse's JWT provider makes one from a token; in library mode the app's
+    own dependency returns one (from its session cookie, its own tokens).
+    ``topics`` and ``scopes`` may be given as any iterable of strings.
+    """
 
     tenant_id: str
     user_id: str | None = None
+    """Per-user events (``user_id`` set when published) reach only this user."""
     topics: frozenset[str] | None = None
-    """Topics the token may read; ``None`` means all."""
+    """Topics the caller may read; ``None`` means all."""
     scopes: frozenset[str] = frozenset()
+    """``publish`` allows ``POST /api/events`` and ``POST /api/notifications``, ``jobs``
+    allows ``POST /api/jobs``."""
     expires_at: float | None = None
-    """The token's ``exp`` (Unix time): when the connections it opened are closed."""
+    """The token's ``exp`` (Unix time): when the connections it opened are closed;
+    ``None`` (an app's own principal, insecure dev mode) never expires."""
+
+    def __post_init__(self) -> None:
+        if not is_name(self.tenant_id):
+            raise ValueError(
+                f"Principal.tenant_id must be a string of 1 to {MAX_NAME_LENGTH} characters, "
+                f"got {self.tenant_id!r:.60}"
+            )
+        if self.user_id is not None and not is_name(self.user_id):
+            raise ValueError(
+                f"Principal.user_id must be None or a string of 1 to {MAX_NAME_LENGTH} "
+                f"characters, got {self.user_id!r:.60}"
+            )
+        for name in ("topics", "scopes"):
+            value = getattr(self, name)
+            if value is None or isinstance(value, frozenset):
+                continue
+            if isinstance(value, str):  # "a,b" would become {"a", ",", "b"}
+                raise ValueError(f"Principal.{name} must be a collection of strings, not a string")
+            object.__setattr__(self, name, frozenset(value))
 
     def allowed_topics(self, requested: str | None) -> frozenset[str] | None:
         """The topics a connection reads: the requested ones, each allowed by the token.

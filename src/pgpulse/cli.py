@@ -8,7 +8,6 @@ import logging
 import os
 import re
 import signal
-import socket
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from pathlib import Path
@@ -22,7 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from . import db
-from .auth import Verifier
+from .auth import ADMIN_SCOPE, ADMIN_TENANT, Verifier
 from .errors import PgpulseError
 from .settings import Settings
 
@@ -42,11 +41,8 @@ DataDir = Annotated[
     typer.Option("--data-dir", help="Data directory (embedded PostgreSQL, generated secret)."),
 ]
 DEFAULT_URL = "http://127.0.0.1:8000"
-SEND_BUFFER_BYTES = 256 * 1024
-"""Kernel send buffer of each client socket (Linux doubles it). Left to itself,
-Linux grows it to ``tcp_wmem``'s maximum (often 4 MB), where the backlog of a
-client that stopped reading hides from the connection's queue limit, and so
-from the 1013 that should close it."""
+CONSOLE_LINK_TTL = "24h"
+"""Life of the admin token in the console link ``serve`` prints (zero-config secret only)."""
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -121,10 +117,8 @@ def serve(
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run the server (with an embedded PostgreSQL when no database URL is set)."""
-    import uvicorn
-
+    from . import server
     from .migrate import migrate
-    from .transports.uvicorn_ws import WebSocketProtocol
 
     settings = load_settings(
         host=host, port=port, workers=workers, insecure_dev=insecure_dev or None, data_dir=data_dir
@@ -133,14 +127,11 @@ def serve(
     with database(settings) as url:
         run(migrate(url))
         try:
-            Verifier.from_settings(settings)  # generate the secret once, before workers race
+            # Generate the secret once, before workers race.
+            verifier = Verifier.from_settings(settings)
         except PgpulseError as exc:
             fail(str(exc))
-        # Workers read their settings from the environment.
-        os.environ["PGPULSE_DATABASE_URL"] = url
-        os.environ["PGPULSE_DATA_DIR"] = str(settings.data_dir)
-        if settings.insecure_dev:
-            os.environ["PGPULSE_INSECURE_DEV"] = "1"
+        os.environ.update(server.worker_environment(settings, url))
         if settings.embedded:
             err.print(f"embedded PostgreSQL: data in {settings.pgdata}", highlight=False)
         if settings.insecure_dev:
@@ -156,62 +147,40 @@ def serve(
                 f"(mint a token: pgpulse token --tenant acme)",
                 highlight=False,
             )
+        if settings.jwt_secret is None and not settings.jwt_public_key and not settings.jwks_url:
+            # The secret is this server's own, so nobody else can mint an admin
+            # token yet: hand one over here, as Jupyter does. In the fragment,
+            # which browsers never send, so it stays out of every access log.
+            admin = verifier.mint(
+                ADMIN_TENANT, scopes=[ADMIN_SCOPE], ttl=parse_ttl(CONSOLE_LINK_TTL)
+            )
+            err.print(
+                f"console ({CONSOLE_LINK_TTL}; another: pgpulse token --scope admin):\n"
+                f"    {escape(console_url(settings.host, settings.port))}#token={admin}",
+                highlight=False,
+                soft_wrap=True,
+            )
         # uvicorn re-raises SIGTERM once it has shut down; turn it into a normal
         # exit so that the embedded PostgreSQL is stopped on the way out.
         signal.signal(signal.SIGTERM, _exit_quietly)
-        config = uvicorn.Config(
-            "pgpulse.app:create_app",
-            factory=True,
-            host=settings.host,
-            port=settings.port,
-            workers=settings.workers,
-            loop="uvloop",
-            http="httptools",
-            ws=WebSocketProtocol,
-            ws_max_size=64 * 1024,
-            ws_ping_interval=settings.ws_ping_interval,
-            ws_ping_timeout=settings.ws_ping_timeout,
-            ws_per_message_deflate=settings.ws_compression,
-            timeout_graceful_shutdown=int(settings.shutdown_timeout),
-            log_level=log_level.lower(),
-            lifespan="on",
+        config = server.uvicorn_config(
+            "pgpulse.app:create_app", settings, factory=True, log_level=log_level.lower()
         )
         started = True
         with contextlib.suppress(KeyboardInterrupt):
-            started = _run_uvicorn(config)
+            started = server.run(config)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # let the cleanup finish
         if not started:
             fail("the server did not start (see the log above)")
 
 
-def _run_uvicorn(config: Any) -> bool:
-    """``uvicorn.run`` on a listening socket of our own; returns whether it started.
-
-    Client sockets inherit the listening socket's options, and we want two: a
-    bounded kernel send buffer (:data:`SEND_BUFFER_BYTES`) and a TCP user
-    timeout, so that neither a slow nor a dead peer hides in the kernel.
-    """
-    import uvicorn
-    from uvicorn.supervisors import Multiprocess
-
-    sock = config.bind_socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
-    if hasattr(socket, "TCP_USER_TIMEOUT") and config.ws_ping_interval and config.ws_ping_timeout:
-        # A peer that accepts no data for a whole ping cycle has missed its
-        # pong too. uvicorn then closes the socket, but a close waits for the
-        # send buffer to drain, which for a peer that stopped reading is never:
-        # the kernel drops such a socket after this long instead (Linux).
-        cycle = config.ws_ping_interval + config.ws_ping_timeout
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(cycle * 1000))
-    server = uvicorn.Server(config)
-    try:
-        if config.workers > 1:
-            Multiprocess(config, sockets=[sock]).run()
-            return True
-        server.run(sockets=[sock])
-        return server.started
-    finally:
-        sock.close()
+def console_url(host: str, port: int) -> str:
+    """Where a browser on this machine finds the console of a server bound to ``host``."""
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}/console"
 
 
 def _exit_quietly(signum: int, frame: object) -> None:
@@ -224,7 +193,7 @@ def worker(
         str | None,
         typer.Option(
             help="Handlers as module:attribute, a pgpulse Worker or a dict of kind to handler "
-            "[default: the built-in kinds echo and sleep]."
+            "[default: the built-in kinds echo, sleep and stream]."
         ),
     ] = None,
     concurrency: Annotated[
@@ -255,6 +224,7 @@ def worker(
         fail(f"--app {app}: {exc}", 2)
     if not job_worker.handlers:
         fail(f"--app {app}: no handlers to run", 2)
+    job_worker.heartbeat_interval = settings.node_heartbeat_interval
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
 
     async def go(url: str) -> None:
@@ -303,14 +273,24 @@ def migrate_cmd(data_dir: DataDir = None) -> None:
 
 @cli.command()
 def token(
-    tenant: Annotated[str, typer.Option(help="Tenant id (the tenant_id claim).")],
+    tenant: Annotated[
+        str | None,
+        typer.Option(help="Tenant id (the tenant_id claim); not needed with --scope admin."),
+    ] = None,
     user: Annotated[str | None, typer.Option(help="User id (the sub claim).")] = None,
-    scope: Annotated[list[str] | None, typer.Option(help="Scope to grant, e.g. publish.")] = None,
+    scope: Annotated[
+        list[str] | None,
+        typer.Option(help="Scope to grant: publish, or admin for the console and /api/admin."),
+    ] = None,
     topics: Annotated[str | None, typer.Option(help="Comma-separated topics it may read.")] = None,
     ttl: Annotated[str, typer.Option(help="Lifetime: 3600, 30m, 1h, 7d.")] = "1h",
     data_dir: DataDir = None,
 ) -> None:
     """Mint a token with this server's configuration (HS256 secret)."""
+    if tenant is None:
+        if ADMIN_SCOPE not in (scope or []):
+            fail("give --tenant T (only an admin token, --scope admin, goes without one)", 2)
+        tenant = ADMIN_TENANT
     settings = load_settings(data_dir=data_dir)
     topic_list = [t.strip() for t in topics.split(",") if t.strip()] if topics else None
     try:
@@ -329,20 +309,20 @@ def publish_cmd(
     user: Annotated[str | None, typer.Option(help="Deliver only to this user.")] = None,
     data_dir: DataDir = None,
 ) -> None:
-    """Publish one event straight into the database."""
+    """Publish one event straight into the database; prints its key."""
     from .publish import publish
 
     try:
         payload = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         fail(f"JSON does not parse: {exc}", 2)
-    event_id = on_database(
+    key = on_database(
         load_settings(data_dir=data_dir),
         lambda conn: publish(
             conn, tenant_id=tenant, type=type_, data=payload, topic=topic, user_id=user
         ),
     )
-    print(orjson.dumps({"event_id": event_id}).decode())
+    print(orjson.dumps({"key": key}).decode())
 
 
 @cli.command()

@@ -17,6 +17,11 @@ The position it resumes from is the newest id the server said this
 connection was sent *or skipped* (the ``ready`` frame), not only the last
 event it yielded: a client filtered to a rare topic would otherwise resume
 from far back, and be told its history expired when it missed nothing.
+
+:meth:`Client.history` and :meth:`Client.position` read ``GET /api/events``
+and ``GET /api/position``: load state from a page, set
+:attr:`Client.last_event_id` to the page's ``last_event_id``, then iterate,
+and the stream starts exactly where the page ended.
 """
 
 from __future__ import annotations
@@ -25,16 +30,18 @@ import asyncio
 import contextlib
 import inspect
 import logging
-import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
+import httpx
 import orjson
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from .backoff import Backoff
 from .errors import AuthError, PgpulseError
 from .events import WS_1008_POLICY_VIOLATION, Event, parse_event
 
@@ -46,6 +53,7 @@ OPEN_TIMEOUT = 10.0  # seconds for the WebSocket handshake
 RETRYABLE_4XX = frozenset({408, 429})
 REFRESH_AHEAD = 60.0  # seconds before exp that a token is refreshed (at most a quarter of its life)
 TOKEN_EXPIRED = "token expired"  # the reason of the server's 1008 at exp
+HTTP_TIMEOUT = 30.0  # seconds for a history or position request
 
 TokenProvider = Callable[[], str | Awaitable[str]]
 
@@ -68,6 +76,17 @@ def refresh_at(token: str) -> float | None:
     if exp is None:
         return None
     return exp - min(REFRESH_AHEAD, max(0.0, exp - time.time()) / 4)
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    """A page of ``GET /api/events``: events in id order, and where the stream goes on."""
+
+    events: list[Event]
+    last_event_id: int
+    """The tenant's newest id when the page was read: resume from it to go on live."""
+    more: bool
+    """Whether the next page in the same direction has events."""
 
 
 class Client:
@@ -126,8 +145,52 @@ class Client:
             await ws.send(orjson.dumps({"op": "refresh", "token": token}).decode())
             self.refreshes += 1
 
+    async def history(
+        self,
+        *,
+        before: int | None = None,
+        after: int | None = None,
+        limit: int | None = None,
+        topics: list[str] | None = None,
+    ) -> HistoryPage:
+        """A page of retained events: the newest below ``before``, or with
+        ``after`` the oldest above it; ``topics`` defaults to the client's."""
+        params: dict[str, str] = {}
+        chosen = topics if topics is not None else self.topics
+        if chosen:
+            params["topic"] = ",".join(chosen)
+        for name, value in (("before", before), ("after", after), ("limit", limit)):
+            if value is not None:
+                params[name] = str(value)
+        body = await self._get("/api/events", params)
+        events = [parse_event(orjson.dumps(frame)) for frame in body["events"]]
+        return HistoryPage(
+            [event for event in events if event is not None],
+            int(body["last_event_id"]),
+            bool(body["more"]),
+        )
+
+    async def position(self) -> int:
+        """The tenant's newest id now."""
+        body = await self._get("/api/position", {})
+        return int(body["last_event_id"])
+
+    async def _get(self, path: str, params: dict[str, str]) -> Any:
+        token = await self._fresh_token() if self._provider is not None else self.token
+        async with httpx.AsyncClient(timeout=HTTP_TIMEOUT) as http:
+            response = await http.get(
+                self.url.rstrip("/") + path,
+                params=params,
+                headers={"Authorization": f"Bearer {token}"},
+            )
+        if response.status_code in (401, 403):
+            raise AuthError(f"GET {path} refused with HTTP {response.status_code}: {response.text}")
+        if response.status_code != 200:
+            raise PgpulseError(f"GET {path} answered HTTP {response.status_code}: {response.text}")
+        return response.json()
+
     async def __aiter__(self) -> AsyncIterator[Event]:
-        backoff = MIN_BACKOFF
+        backoff = Backoff(min(MIN_BACKOFF, self.max_backoff), self.max_backoff)
         while True:
             refresher: asyncio.Task[None] | None = None
             try:
@@ -137,7 +200,7 @@ class Client:
                     self.ws_url(), max_size=None, open_timeout=OPEN_TIMEOUT
                 ) as ws:
                     self.connects += 1
-                    backoff = MIN_BACKOFF
+                    backoff.reset()
                     if self._provider is not None:
                         refresher = asyncio.get_running_loop().create_task(self._refresh_ahead(ws))
                     async for message in ws:
@@ -188,5 +251,4 @@ class Client:
                     refresher.cancel()
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await refresher
-            await asyncio.sleep(backoff * (0.5 + random.random()))
-            backoff = min(backoff * 2, self.max_backoff)
+            await backoff.sleep()

@@ -57,6 +57,18 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{userinfo}@{netloc[-1]}"))
 
 
+def libpq_url(url: str) -> str:
+    """``url`` as libpq takes it: an SQLAlchemy URL names its driver in the scheme.
+
+    An app's ``DATABASE_URL`` often reads ``postgresql+asyncpg://`` or
+    ``postgresql+psycopg://``; pgpulse connects to the same database with libpq.
+    """
+    scheme, sep, rest = url.partition("://")
+    if sep and "+" in scheme and scheme.split("+", 1)[0] in ("postgresql", "postgres"):
+        return f"postgresql://{rest}"
+    return url
+
+
 def connect_kwargs(application_name: str) -> dict[str, Any]:
     return {
         "application_name": application_name,

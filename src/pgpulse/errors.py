@@ -12,7 +12,8 @@ class PgpulseError(Exception):
     """pgpulse failed."""
 
     def __init__(self, message: str | None = None) -> None:
-        super().__init__(message or (self.__doc__ or "").strip())
+        # A docstring that spans lines is still a one-line message.
+        super().__init__(message or " ".join((self.__doc__ or "").split()))
 
 
 class ConfigError(PgpulseError):
@@ -50,3 +51,8 @@ class JobFailed(PgpulseError):
     which the job's tenant sees. Any other exception is reported to the
     tenant as "internal error" only (its details go to the worker's log).
     """
+
+
+class NotRunning(PgpulseError):
+    """pgpulse is not running in this process: enter it in the app's lifespan, with
+    FastAPI(lifespan=pulse.lifespan), or with `async with pulse: yield` inside the app's own."""

@@ -33,9 +33,15 @@ def is_name(value: object) -> TypeGuard[str]:
 
 @dataclass(slots=True, eq=False)
 class Event:
-    """One event as clients see it. ``id`` is its position in its tenant's stream."""
+    """One event as clients see it.
+
+    ``id`` is its position in its tenant's stream, taken when its transaction
+    committed; ``key`` is what ``publish`` returned for it (unique in the
+    database), so a publisher can recognise its own event.
+    """
 
     id: int
+    key: int
     tenant_id: str
     topic: str
     type: str
@@ -49,9 +55,10 @@ class Event:
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> Event:
         """An event from a row of ``fetch_after`` or ``replay`` (sql/queries.sql), which
-        select the same columns: tenant_id, id, topic, type, data::text, user_id, created_at."""
-        tenant_id, event_id, topic, type_, data_json, user_id, created_at = row
-        return cls(event_id, tenant_id, topic, type_, data_json, created_at, user_id)
+        select the same columns: tenant_id, id, key, topic, type, data::text, user_id,
+        created_at."""
+        tenant_id, event_id, key, topic, type_, data_json, user_id, created_at = row
+        return cls(event_id, key, tenant_id, topic, type_, data_json, created_at, user_id)
 
     @property
     def data(self) -> Any:
@@ -63,6 +70,7 @@ class Event:
         if self._frame is None:
             body: dict[str, Any] = {
                 "id": self.id,
+                "key": self.key,
                 "tenant_id": self.tenant_id,
                 "topic": self.topic,
                 "type": self.type,
@@ -122,6 +130,7 @@ def parse_event(frame: str | bytes) -> Event | None:
         return None
     return Event(
         id=int(body["id"]),
+        key=int(body["key"] if "key" in body else body["id"]),
         tenant_id=str(body["tenant_id"]),
         topic=str(body["topic"]),
         type=str(body["type"]),

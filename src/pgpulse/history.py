@@ -1,4 +1,5 @@
-"""Reading a tenant's retained events: where a stream stands, and replay after a point.
+"""Reading a tenant's retained events: where a stream stands, replay after a point,
+and pages of history for ``GET /api/events``.
 
 Ids are gap-free per tenant (see ``sql/migrations/0001_events.sql``), so a
 resume point ``N`` is still whole exactly when the first retained id after it
@@ -54,6 +55,21 @@ class Start:
     reset: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Page:
+    """A page of history, in id order, and the tenant's head when it was read.
+
+    ``head`` bounds the page: no event after it is in it, so a client that
+    shows the page and then connects with ``last_event_id=head`` gets exactly
+    what follows, with no gap and no duplicate. ``more`` says whether the
+    next page in the same direction has events.
+    """
+
+    events: list[Event]
+    head: int
+    more: bool
+
+
 @contextlib.contextmanager
 def _database_errors() -> Iterator[None]:
     """Driver errors become :class:`DatabaseUnavailable`, which transports answer with 1013."""
@@ -91,6 +107,53 @@ class History:
             return Start(head, head, reset="history_expired")
         return Start(head, resume_from)
 
+    async def head(self, tenant_id: str) -> int:
+        """The tenant's newest id now: the position a client can resume from."""
+        start = await self.start(tenant_id, None)
+        return start.head
+
+    async def page(
+        self,
+        tenant_id: str,
+        topics: frozenset[str] | None,
+        user_id: str | None,
+        *,
+        after: int | None = None,
+        before: int | None = None,
+        limit: int = 100,
+    ) -> Page:
+        """Up to ``limit`` retained events this reader may see, below ``before``.
+
+        With ``after``, the oldest ones above it (paging forward); without,
+        the newest ones (paging back). The head is read first and bounds
+        the page: ids are handed out in commit order, so every event at or
+        below a head that was read is already committed and visible.
+        """
+        head = await self.head(tenant_id)
+        until = head if before is None else min(head, before - 1)
+        forward = after is not None
+        start = after or 0
+        params = {
+            "tenant_id": tenant_id,
+            "after": start,
+            "until": until,
+            "topics": sorted(topics) if topics is not None else None,
+            "user_id": user_id,
+            "limit": limit + 1,  # one more says whether there is a next page
+        }
+        rows: list[tuple[Any, ...]] = []
+        if not forward or start < until:
+            with _database_errors():
+                async with self._slots, self._pool.connection() as conn:
+                    query = QUERIES["replay"] if forward else QUERIES["history_before"]
+                    cur = await conn.execute(query, params)
+                    rows = await cur.fetchall()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        if not forward:
+            rows.reverse()
+        return Page([Event.from_row(row) for row in rows], head, more)
+
     async def replay(
         self,
         tenant_id: str,
@@ -110,7 +173,7 @@ class History:
                 return
             after = int(rows[-1][1])
             # The next page holds about REPLAY_PAGE_BYTES of rows the size of these.
-            average = max(1, sum(len(row[4]) for row in rows) // len(rows))
+            average = max(1, sum(len(row[5]) for row in rows) // len(rows))
             limit = max(1, min(REPLAY_PAGE, REPLAY_PAGE_BYTES // average))
 
     async def _page(

@@ -42,6 +42,8 @@ class Subscription:
         "closed",
         "direct",
         "ended",
+        "floors",
+        "interrupted",
         "max_bytes",
         "max_events",
         "overflowed",
@@ -51,6 +53,7 @@ class Subscription:
         "restarting",
         "tenant_id",
         "topics",
+        "transport",
         "user_id",
     )
 
@@ -61,8 +64,10 @@ class Subscription:
         topics: frozenset[str] | None = None,
         max_events: int = 1000,
         max_bytes: int = 4 * 1024 * 1024,
+        transport: str = "ws",
     ) -> None:
         self.tenant_id = tenant_id
+        self.transport = transport  # "ws" or "sse": how the console counts connections
         self.user_id = user_id
         self.topics = topics
         self.max_events = max_events
@@ -83,12 +88,20 @@ class Subscription:
         (:attr:`Event.ws_bytes`, joined) at once without waiting; returns
         False when it cannot, e.g. the socket is backed up."""
         self.busy = False  # the writer holds a batch it has not finished sending
+        self.interrupted = False  # the client asked for something; see interrupt()
+        self.floors: dict[str, int] | None = None
+        """Per topic, an id at or below which that topic's events are not wanted:
+        set when a topic is added with a resume point ahead of the room's cursor
+        (see :mod:`pgpulse.transports.topics`)."""
         self._waiter: asyncio.Future[None] | None = None
 
     def wants(self, event: Event) -> bool:
         if event.user_id is not None and event.user_id != self.user_id:
             return False
-        return self.topics is None or event.topic in self.topics
+        if self.topics is not None and event.topic not in self.topics:
+            return False
+        floors = self.floors
+        return floors is None or event.id > floors.get(event.topic, 0)
 
     def offer(self, events: Sequence[Event], frames: bytes | None = None) -> None:
         """Queue events in id order; never blocks. Past the limit the queue is dropped
@@ -120,6 +133,25 @@ class Subscription:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def interrupt(self) -> None:
+        """Make the writer's :meth:`next_batch` return ``[]`` at once, even with
+        nothing queued, so that it acts on a client's request between batches."""
+        self.interrupted = True
+        self._wake()
+
+    def take_queued(self) -> list[Event]:
+        """Take the queued events not sent yet, in id order, without waiting.
+
+        For the writer only, between batches; raises :class:`SlowConsumer`
+        after an overflow, as :meth:`next_batch` does.
+        """
+        if self.overflowed:
+            raise SlowConsumer
+        events = [event for event in self.queue if event.id > self.position]
+        self.queue.clear()
+        self.queued_bytes = 0
+        return events
+
     def close(self, restarting: bool = False, ended: tuple[int, str] | None = None) -> None:
         """End the stream; ``restarting`` means the server is going away (1012), ``ended``
         says why the server ends it otherwise (see :attr:`ended`)."""
@@ -133,7 +165,8 @@ class Subscription:
         """Wait for queued events newer than ``position`` and take them all.
 
         Returns ``[]`` after ``idle`` seconds without any (a heartbeat
-        moment) or once closed; raises :class:`SlowConsumer` after an overflow.
+        moment), once closed, or when interrupted; raises
+        :class:`SlowConsumer` after an overflow.
         """
         self.busy = False
         while True:
@@ -141,6 +174,9 @@ class Subscription:
                 if self.overflowed:
                     raise SlowConsumer
                 if self.closed:
+                    return []
+                if self.interrupted:
+                    self.interrupted = False
                     return []
                 self._waiter = asyncio.get_running_loop().create_future()
                 try:
@@ -162,11 +198,12 @@ class Subscription:
 
 
 class _Room:
-    __slots__ = ("cursor", "subscriptions")
+    __slots__ = ("cursor", "sse", "subscriptions")
 
     def __init__(self, cursor: int) -> None:
         self.cursor = cursor
         self.subscriptions: set[Subscription] = set()
+        self.sse = 0  # of which SSE streams; the rest are WebSockets
 
 
 class Hub:
@@ -195,16 +232,27 @@ class Hub:
             room = self._rooms[subscription.tenant_id] = _Room(head)
             if self.on_new_room is not None:
                 self.on_new_room(subscription.tenant_id)
-        room.subscriptions.add(subscription)
+        if subscription not in room.subscriptions:
+            room.subscriptions.add(subscription)
+            room.sse += subscription.transport == "sse"
         return room.cursor
 
     def leave(self, subscription: Subscription) -> None:
         subscription.close()
         room = self._rooms.get(subscription.tenant_id)
-        if room is not None:
-            room.subscriptions.discard(subscription)
+        if room is not None and subscription in room.subscriptions:
+            room.subscriptions.remove(subscription)
+            room.sse -= subscription.transport == "sse"
             if not room.subscriptions:
                 del self._rooms[subscription.tenant_id]
+
+    def tenant_connections(self) -> dict[str, tuple[int, int]]:
+        """Each tenant's local connections as (WebSockets, SSE streams), counted as they
+        join and leave so that reading them costs one pass over the rooms."""
+        return {
+            tenant: (len(room.subscriptions) - room.sse, room.sse)
+            for tenant, room in self._rooms.items()
+        }
 
     def positions(self, tenants: Iterable[str] | None = None) -> dict[str, int]:
         """Each room's cursor, for ``tenants`` (those with a room) or for all rooms."""

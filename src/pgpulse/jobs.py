@@ -9,6 +9,8 @@ job's event on topic ``ai_jobs`` in the same transaction:
 
 * ``ai_job.started`` ``{"job_id", "kind", "attempt"}``
 * ``ai_job.progress`` ``{"job_id", "progress", "message"?}``, progress from 0 to 1
+* ``ai_job.output`` ``{"job_id", "offset", "text"}``, streamed text (``Job.stream``):
+  ``text`` starts at ``offset`` characters into the attempt's whole text
 * ``ai_job_complete`` ``{"job_id", "result"}``
 * ``ai_job.failed`` ``{"job_id", "error"}``
 
@@ -74,6 +76,9 @@ class JobState(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    text: str = Field(
+        description="the text the job has streamed so far (its latest attempt's), '' if none"
+    )
 
 
 def parse_job_id(value: str) -> uuid.UUID | None:
@@ -92,8 +97,28 @@ async def get_job(
         QUERIES["get_job"], {"job_id": job_id, "tenant_id": tenant_id, "user_id": user_id}
     )
     row = await cur.fetchone()
-    if row is None:
-        return None
+    return None if row is None else _job_state(row)
+
+
+async def list_jobs(
+    conn: psycopg.AsyncConnection[Any],
+    tenant_id: str,
+    user_id: str | None,
+    before: uuid.UUID | None,
+    limit: int,
+) -> tuple[list[JobState], bool]:
+    """Up to ``limit`` jobs this tenant (and user) may see, newest first, created
+    before the job ``before``; and whether there are more."""
+    cur = await conn.execute(
+        QUERIES["list_jobs"],
+        {"tenant_id": tenant_id, "user_id": user_id, "before": before, "limit": limit + 1},
+    )
+    rows = await cur.fetchall()
+    return [_job_state(row) for row in rows[:limit]], len(rows) > limit
+
+
+def _job_state(row: tuple[Any, ...]) -> JobState:
+    """A row of ``get_job`` or ``list_jobs`` (sql/queries.sql), which select the same columns."""
     return JobState(
         job_id=str(row[0]),
         kind=row[1],
@@ -106,4 +131,5 @@ async def get_job(
         created_at=row[8],
         started_at=row[9],
         finished_at=row[10],
+        text=row[11],
     )

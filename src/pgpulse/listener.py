@@ -10,9 +10,8 @@ read is again one query.
 
 Nothing is lost when the LISTEN connection is: after every (re)connect, and
 every ``poll_interval`` seconds of silence, the reader catches up every room
-from its cursor. That poll is also the liveness probe of the connection; TCP
-keepalives find a peer that vanished without closing. Reconnects back off
-exponentially with jitter, capped at :data:`MAX_BACKOFF`.
+from its cursor. The connection itself, its liveness probe and its
+reconnects are :class:`pgpulse.listen.Listen`'s.
 """
 
 from __future__ import annotations
@@ -20,14 +19,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import psycopg
-
-from . import db
+from .backoff import Backoff
 from .events import Event
+from .listen import MAX_BACKOFF, MIN_BACKOFF, Listen, first_line
 from .sql import QUERIES
 
 if TYPE_CHECKING:
@@ -40,9 +37,6 @@ CONTROL_CHANNEL = "pgpulse_control"
 """Operators' requests to every node (``pgpulse.disconnect``), on the same LISTEN
 connection as the wake-ups; their payload is JSON, never a tenant id."""
 FETCH_LIMIT = 1000  # rows per tenant per read; a longer backlog takes more reads
-MIN_BACKOFF = 0.05  # seconds
-MAX_BACKOFF = 1.0  # seconds: delivery is back within about a second of the database
-PROBE_TIMEOUT = 5.0  # seconds
 
 
 class EventSink(Protocol):
@@ -63,24 +57,28 @@ class Listener:
         on_events: Callable[[int], None] | None = None,
         on_control: Callable[[str], None] | None = None,
     ) -> None:
-        self._url = url
         self._pool = pool
         self._sink = sink
-        self._poll_interval = poll_interval
         self._on_events = on_events
-        self._on_control = on_control
         self._woken: set[str] = set()
         self._catch_up_all = True
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._conn: psycopg.AsyncConnection[Any] | None = None
-        self.connected = False
-        self.reconnects = 0
+        self._listen = Listen(
+            url,
+            CHANNEL,
+            on_notify=self.kick,
+            on_connect=self.catch_up,  # anything committed while nobody listened is in the table
+            on_quiet=self.catch_up,  # in case a wake-up was missed in a way nothing else catches
+            quiet_after=poll_interval,
+            log=log,
+            others={CONTROL_CHANNEL: on_control} if on_control is not None else None,
+        )
 
     # -- wiring -----------------------------------------------------------
 
     def kick(self, tenant_id: str) -> None:
-        """Read ``tenant_id`` now (a room was just created for it)."""
+        """Read ``tenant_id`` now (it was notified, or a room was just created for it)."""
         self._woken.add(tenant_id)
         self._wake.set()
 
@@ -92,7 +90,7 @@ class Listener:
     def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._tasks = [
-            loop.create_task(self._listen_forever(), name="pgpulse-listen"),
+            loop.create_task(self._listen.run(), name="pgpulse-listen"),
             loop.create_task(self._read_forever(), name="pgpulse-read"),
         ]
 
@@ -103,81 +101,24 @@ class Listener:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
-        if self._conn is not None:
-            await self._conn.close()
-        self.connected = False
+
+    @property
+    def connected(self) -> bool:
+        return self._listen.connected
+
+    @property
+    def reconnects(self) -> int:
+        return self._listen.reconnects
 
     @property
     def backend_pid(self) -> int | None:
         """The LISTEN connection's server pid (what ``pg_terminate_backend`` takes)."""
-        conn = self._conn
-        if conn is None or conn.closed:
-            return None
-        return conn.info.backend_pid
-
-    # -- the LISTEN connection ----------------------------------------------
-
-    async def _listen_forever(self) -> None:
-        backoff = MIN_BACKOFF
-        attempts = 0  # failed connects since the connection was last up
-        listened = False
-        while True:
-            try:
-                self._conn = await db.connect(self._url, db.LISTENER_APP_NAME)
-                await self._conn.execute(f"LISTEN {CHANNEL}")
-                if self._on_control is not None:
-                    await self._conn.execute(f"LISTEN {CONTROL_CHANNEL}")
-                self.connected = True
-                if listened:
-                    self.reconnects += 1
-                listened = True
-                backoff = MIN_BACKOFF
-                log.info(
-                    "listening (backend pid %s)%s",
-                    self._conn.info.backend_pid,
-                    f" after {attempts} failed attempts" if attempts else "",
-                )
-                attempts = 0
-                # Anything committed while nobody listened is in the table.
-                self.catch_up()
-                await self._receive(self._conn)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # any failure means: reconnect
-                db.distrust_idle_connections()
-                if self.connected:
-                    log.warning("LISTEN connection lost: %s", _first_line(exc))
-                else:
-                    attempts += 1
-                    # Once, then every 30th: an outage should not flood the log.
-                    level = logging.WARNING if attempts % 30 == 1 else logging.DEBUG
-                    log.log(level, "cannot LISTEN (attempt %d): %s", attempts, _first_line(exc))
-            self.connected = False
-            if self._conn is not None:
-                with contextlib.suppress(Exception):
-                    await self._conn.close()
-                self._conn = None
-            await asyncio.sleep(backoff * (0.5 + random.random()))
-            backoff = min(backoff * 2, MAX_BACKOFF)
-
-    async def _receive(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        while True:
-            async for notify in conn.notifies(timeout=self._poll_interval):
-                if notify.channel == CONTROL_CHANNEL:
-                    if self._on_control is not None:
-                        self._on_control(notify.payload)
-                    continue
-                self._woken.add(notify.payload)
-                self._wake.set()
-            # Quiet for poll_interval: prove the connection alive, and poll the
-            # table in case a wake-up was missed in a way nothing else catches.
-            await asyncio.wait_for(conn.execute("SELECT 1"), PROBE_TIMEOUT)
-            self.catch_up()
+        return self._listen.backend_pid
 
     # -- the reader -----------------------------------------------------------
 
     async def _read_forever(self) -> None:
-        backoff = MIN_BACKOFF
+        backoff = Backoff(MIN_BACKOFF, MAX_BACKOFF)
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -186,14 +127,13 @@ class Listener:
             self._catch_up_all = False
             try:
                 await self._read(None if everyone else woken)
-                backoff = MIN_BACKOFF
+                backoff.reset()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 # Keep the work: the next attempt reads every room from its cursor.
-                log.warning("reading events failed: %s", _first_line(exc))
-                await asyncio.sleep(backoff * (0.5 + random.random()))
-                backoff = min(backoff * 2, MAX_BACKOFF)
+                log.warning("reading events failed: %s", first_line(exc))
+                await backoff.sleep()
                 self.catch_up()
 
     async def _read(self, tenants: Iterable[str] | None) -> None:
@@ -219,8 +159,3 @@ class Listener:
                 counts[event.tenant_id] = counts.get(event.tenant_id, 0) + 1
             full = [t for t, n in counts.items() if n >= FETCH_LIMIT]
             positions = self._sink.positions(full) if full else {}
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -88,3 +88,27 @@ async def migrate(url: str) -> int:
             return version
         finally:
             await conn.execute("SELECT pg_advisory_unlock(%s)", [MIGRATION_LOCK_KEY])
+
+
+async def check(url: str) -> int:
+    """Refuse to start on a schema older (or newer) than this pgpulse; returns its version.
+
+    For teams that apply migrations themselves (``pgpulse migrate`` in a deploy
+    step, or the SQL files through Alembic): nothing is changed here.
+    """
+    known = migrations()
+    latest = known[-1][0] if known else 0
+    conn = await db.connect(url)
+    async with conn:
+        version = await current_version(conn)
+    if version < latest:
+        raise ConfigError(
+            f"database schema pgpulse is at version {version}, this pgpulse needs {latest}: "
+            f"run `pgpulse migrate` (or start with migrate='auto')"
+        )
+    if version > latest:
+        raise ConfigError(
+            f"database schema is at version {version}, newer than this pgpulse "
+            f"knows ({latest}): upgrade pgpulse"
+        )
+    return version

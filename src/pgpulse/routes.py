@@ -1,42 +1,70 @@
-"""Routes served ahead of FastAPI's stack: the long-lived and the hot ones.
+"""Routes served ahead of FastAPI's stack, for ``pgpulse serve``: the long-lived and the hot ones.
 
 ``/ws`` and ``/ws/notifications`` live for hours, and every layer of
 routing, dependency and exception handling a connection passes through keeps
 a coroutine frame alive for all that time: about 5 KiB per connection in
 FastAPI's stack, none of which these endpoints use.
 
-``POST /api/events`` is the hot path of publishing from other services;
-FastAPI's layers cost it about as much CPU as the publish itself. The route
-the app declares for it (:func:`pgpulse.api.events.publish_event`) shares its
-implementation and gives the OpenAPI description. CORS, when configured,
-wraps this middleware, so cross-origin callers get the same answers here.
+``POST /api/events`` and ``POST /api/notifications`` are the hot paths of
+publishing; FastAPI's layers cost them about as much CPU as the publish
+itself. The routes the app declares for them share their implementation
+and give the OpenAPI description. CORS wraps this middleware, so
+cross-origin callers get the same answers here.
 
+Both take the caller from pgpulse's JWT provider directly (no dependency to
+resolve), which is why only ``pgpulse serve`` uses this middleware; in an
+app's own server the same endpoints are :attr:`pgpulse.fastapi.Pgpulse.router`'s.
 Everything else, including the OpenAPI description of these routes, is the
 app's.
 """
 
 from __future__ import annotations
 
+from fastapi import HTTPException
+from fastapi.responses import JSONResponse
+from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
+from .api.deps import PRINCIPAL_KEY, RUNTIME_KEY
 from .api.events import publish_event_asgi
-from .transports.ws import websocket_endpoint
+from .api.notifications import create_notification_asgi
+from .errors import NotRunning
+from .fastapi import Pgpulse
+from .transports.admission import Refused
 
 WS_PATHS = frozenset({"/ws", "/ws/notifications"})
-PUBLISH_PATH = "/api/events"
+POST_ROUTES = {"/api/events": publish_event_asgi, "/api/notifications": create_notification_asgi}
 
 
 class DirectRoutes:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, pulse: Pgpulse) -> None:
         self.app = app
+        self.pulse = pulse
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "websocket" and _path(scope) in WS_PATHS:
-            await websocket_endpoint(WebSocket(scope, receive, send))
-        elif kind == "http" and scope["method"] == "POST" and _path(scope) == PUBLISH_PATH:
-            await publish_event_asgi(scope, receive, send)
+            websocket = WebSocket(scope, receive, send)
+            principal = self.pulse._token_principal(websocket, query_token=True)
+            await self.pulse._serve_websocket(websocket, principal)
+        elif (
+            kind == "http"
+            and scope["method"] == "POST"
+            and (route := POST_ROUTES.get(_path(scope)))
+        ):
+            if not self.pulse.running:
+                await JSONResponse({"detail": str(NotRunning())}, 503)(scope, receive, send)
+                return
+            scope[RUNTIME_KEY] = self.pulse.runtime
+            principal = self.pulse._token_principal(HTTPConnection(scope))
+            if isinstance(principal, Refused):
+                scope[PRINCIPAL_KEY] = HTTPException(
+                    principal.status, principal.message, principal.headers
+                )
+            else:
+                scope[PRINCIPAL_KEY] = principal
+            await route(scope, receive, send)
         else:
             await self.app(scope, receive, send)
 

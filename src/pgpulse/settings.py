@@ -97,6 +97,16 @@ class Settings(BaseSettings):
     topics_claim: str = "topics"
     allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """Comma-separated origins allowed to call the HTTP API from a browser (CORS)."""
+    node_heartbeat_interval: float = Field(default=2.0, gt=0, le=60)  # seconds
+    """How often each server process and job worker writes its row of the node
+    registry (the console's view of the cluster); five missed make it "down"."""
+    presence_ttl: float = Field(default=12.0, ge=1.0, le=3600.0)  # seconds
+    """How long a presence member outlives its node's last renewal; a dead node's
+    members leave within this plus a sixth of it (the sweep)."""
+    presence_max_members: int = Field(default=1000, ge=1, le=100_000)
+    """Members one topic's presence holds at most; a join past it is refused."""
+    presence_max_info_bytes: int = Field(default=1024, ge=0, le=4096)
+    """Largest ``info`` (JSON bytes) a client may attach to its presence."""
 
     jwt_audience: str | None = None
     """Required ``aud`` of every token (required with public keys or a JWKS URL)."""

@@ -21,6 +21,14 @@ message, which the tenant sees; any other exception fails it with
 "internal error" only, because exception texts carry what a tenant must not
 see (connection strings, other tenants' data, stack details): they go to the
 worker's log, with the job's id.
+
+A handler that produces text as it goes (an AI model's tokens) calls
+``await job.stream(text)``. Browsers see it as it comes, but the event log
+does not get a row per token: chunks are folded, like progress, into one
+write (and one ``ai_job.output`` event) per :data:`STREAM_INTERVAL`, the
+job row keeps the text so far, and the rest is written with the job's end.
+A handler that streamed and returns ``None`` has ``{"text": <all of it>}``
+as its result, so the whole stream is in the final event too.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ import logging
 import math
 import os
 import random
+import re
 import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -42,9 +51,12 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from . import db
+from .backoff import Backoff
 from .errors import InvalidJob, JobFailed
 from .events import MAX_NAME_LENGTH, is_name
+from .listen import Listen
 from .migrate import migrate
+from .nodes import HEARTBEAT_INTERVAL, Heartbeat
 from .publish import encode_json
 from .sql import QUERIES
 
@@ -52,8 +64,11 @@ log = logging.getLogger("pgpulse.worker")
 
 CHANNEL = "pgpulse_jobs"
 PROGRESS_INTERVAL = 0.1  # seconds: at most ten progress events a second per job
+STREAM_INTERVAL = 0.075  # seconds: streamed text is written, as one event, at most this often
+MAX_OUTPUT_CHARS = 1_000_000  # characters a job may stream in one attempt (checked in SQL too)
 MAX_ERROR_LENGTH = 2000  # characters of a failure's message kept in the job
 INTERNAL_ERROR = "internal error"  # what a tenant sees of an unexpected exception
+MIN_BACKOFF = 0.05  # seconds
 MAX_BACKOFF = 2.0  # seconds between attempts while the database is away
 
 Handler = Callable[["Job"], Awaitable[Any]]
@@ -61,6 +76,59 @@ Handler = Callable[["Job"], Awaitable[Any]]
 
 class JobLost(Exception):
     """This worker no longer holds the job: its lease ran out and it was taken back."""
+
+
+class _Folder:
+    """Writes at most once per ``interval``: calls in between fold into the next write.
+
+    ``write`` takes whatever is pending when it runs, so one write carries
+    every call made before it. A job has one for progress and one for text.
+    """
+
+    def __init__(self, interval: float, write: Callable[[], Awaitable[None]]) -> None:
+        self.interval = interval
+        self._write_pending = write
+        self._last = 0.0
+        self._task: asyncio.Task[None] | None = None
+        self._sleeping = False
+        self._lock = asyncio.Lock()
+
+    async def request(self) -> None:
+        """Write now if the interval is up, else make sure a write follows once it is."""
+        if self._task is not None and not self._task.done():
+            return  # the write to come carries this call's value
+        wait = self._last + self.interval - time.monotonic()
+        if wait > 0:
+            self._task = asyncio.get_running_loop().create_task(self._write_after(wait))
+            return
+        await self._write()
+
+    async def _write_after(self, delay: float) -> None:
+        self._sleeping = True
+        try:
+            await asyncio.sleep(delay)
+        finally:
+            self._sleeping = False
+        await self._write()
+
+    async def _write(self) -> None:
+        async with self._lock:
+            self._last = time.monotonic()
+            await self._write_pending()
+
+    def cancel(self) -> None:
+        """Drop a write still waiting (or under way)."""
+        if self._task is not None:
+            self._task.cancel()
+
+    async def settle(self) -> None:
+        """Drop a write still waiting, and let one under way end: the caller writes the rest."""
+        task = self._task
+        if task is None or task.done():
+            return
+        if self._sleeping:
+            task.cancel()
+        await asyncio.wait([task])
 
 
 class Job:
@@ -81,9 +149,12 @@ class Job:
         self._worker = worker
         self._pool = pool
         self._pending: tuple[float, str | None] | None = None
-        self._last_write = 0.0
-        self._flusher: asyncio.Task[None] | None = None
-        self._lock = asyncio.Lock()
+        self._progress = _Folder(PROGRESS_INTERVAL, self._write_progress)
+        self._output = _Folder(STREAM_INTERVAL, self._write_output_soon)
+        self._chunks: list[str] = []  # all the text this run has streamed
+        self._length = 0  # its characters
+        self._unwritten: list[str] = []  # the chunks not in the job row yet
+        self._written = 0  # characters of this run's text in the job row
         self.lost = False
 
     async def progress(self, fraction: float, message: str | None = None) -> None:
@@ -101,49 +172,114 @@ class Job:
         if self.lost:
             raise JobLost(self.id)
         self._pending = (float(fraction), message)
-        if self._flusher is not None and not self._flusher.done():
-            return  # the pending write will carry this value
-        wait = self._last_write + PROGRESS_INTERVAL - time.monotonic()
-        if wait > 0:
-            self._flusher = asyncio.get_running_loop().create_task(self._write_after(wait))
-            return
-        await self._write()
+        await self._progress.request()
         if self.lost:
             raise JobLost(self.id)
 
-    async def _write_after(self, delay: float) -> None:
-        await asyncio.sleep(delay)
-        await self._write()
+    async def stream(self, text: str) -> None:
+        """Stream ``text`` (e.g. a model's next tokens) to the job's watchers.
 
-    async def _write(self) -> None:
-        async with self._lock:
-            pending, self._pending = self._pending, None
-            if pending is None or self.lost:
-                return
-            self._last_write = time.monotonic()
-            try:
-                async with self._pool.connection() as conn:
-                    cur = await conn.execute(
-                        QUERIES["job_progress"],
-                        {
-                            "job_id": self.id,
-                            "worker": self._worker.name,
-                            "progress": pending[0],
-                            "message": pending[1],
-                        },
-                    )
-                    row = await cur.fetchone()
-            except (psycopg.OperationalError, PoolTimeout) as exc:
-                # Progress is advisory: the job goes on, and its end is retried.
-                log.warning("job %s: progress not recorded: %s", self.id, exc)
-                return
-            if row is None or not row[0]:
-                self._worker.lose(self)
+        Calls closer together than :data:`STREAM_INTERVAL` are folded into one
+        ``ai_job.output`` event, so a handler may call it per token. Raises
+        :class:`JobLost` when the job was taken back from this worker, and
+        ``ValueError`` past :data:`MAX_OUTPUT_CHARS` or for text PostgreSQL
+        cannot store (NUL, unpaired surrogates).
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"stream takes a str, got {type(text).__name__}")
+        if "\x00" in text:
+            raise ValueError("streamed text cannot contain NUL characters")
+        text.encode()  # unpaired surrogates raise UnicodeEncodeError, a ValueError
+        if self.lost:
+            raise JobLost(self.id)
+        if not text:
+            return
+        if self._length + len(text) > MAX_OUTPUT_CHARS:
+            raise ValueError(f"a job streams at most {MAX_OUTPUT_CHARS} characters")
+        self._chunks.append(text)
+        self._length += len(text)
+        self._unwritten.append(text)
+        await self._output.request()
+        if self.lost:
+            raise JobLost(self.id)
+
+    @property
+    def text(self) -> str:
+        """Everything this run has streamed so far."""
+        return "".join(self._chunks)
+
+    @property
+    def streamed(self) -> bool:
+        return self._length > 0
+
+    async def _write_progress(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is None or self.lost:
+            return
+        try:
+            async with self._pool.connection() as conn:
+                cur = await conn.execute(
+                    QUERIES["job_progress"],
+                    {
+                        "job_id": self.id,
+                        "worker": self._worker.name,
+                        "progress": pending[0],
+                        "message": pending[1],
+                    },
+                )
+                row = await cur.fetchone()
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            # Progress is advisory: the job goes on, and its end is retried.
+            log.warning("job %s: progress not recorded: %s", self.id, exc)
+            return
+        if row is None or not row[0]:
+            self._worker.lose(self)
+
+    async def _write_output_soon(self) -> None:
+        if not self._unwritten or self.lost:
+            return
+        try:
+            async with self._pool.connection() as conn:
+                await self.write_output(conn)
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            # The text stays pending: the next write, or the job's end, carries it.
+            log.warning("job %s: streamed text not recorded yet: %s", self.id, exc)
+
+    async def write_output(self, conn: psycopg.AsyncConnection[Any]) -> bool:
+        """Write the streamed text not in the job row yet; False if the job was lost.
+
+        The chunks leave :attr:`_unwritten` only once written, so a write
+        that fails is carried by the next; one whose commit went
+        unacknowledged is sent again at the same offset, which the database
+        recognises (``pgpulse.job_output``).
+        """
+        if not self._unwritten:
+            return not self.lost
+        taken = len(self._unwritten)
+        chunk = "".join(self._unwritten[:taken])
+        cur = await conn.execute(
+            QUERIES["job_output"],
+            {"job_id": self.id, "worker": self._worker.name, "at": self._written, "chunk": chunk},
+        )
+        row = await cur.fetchone()
+        if row is None or not row[0]:
+            self._worker.lose(self)
+            return False
+        del self._unwritten[:taken]
+        self._written += len(chunk)
+        return True
 
     def stop_reporting(self) -> None:
         """Drop a progress write still waiting: the job's end supersedes it."""
-        if self._flusher is not None:
-            self._flusher.cancel()
+        self._progress.cancel()
+
+    def stop_streaming(self) -> None:
+        """Drop a text write still waiting: the job is no longer this run's."""
+        self._output.cancel()
+
+    async def settle_output(self) -> None:
+        """Let a text write under way end; the job's end writes the rest."""
+        await self._output.settle()
 
 
 class Worker:
@@ -164,6 +300,7 @@ class Worker:
         poll_interval: float = 5.0,
         grace: float = 10.0,
         name: str | None = None,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -182,6 +319,8 @@ class Worker:
         self._wake = asyncio.Event()
         self._stopping = False
         self.jobs_done = 0
+        self.heartbeat_interval = heartbeat_interval
+        self._listen: Listen | None = None  # shown by the console: connected, reconnects
 
     def handler(self, kind: str) -> Callable[[Handler], Handler]:
         """Register the decorated coroutine function as the handler of ``kind``."""
@@ -222,11 +361,23 @@ class Worker:
         await migrate(url)
         pool = await db.open_pool(url, 1, self.concurrency + 2)
         loop = asyncio.get_running_loop()
+        listen = self._listen = Listen(
+            url,
+            CHANNEL,
+            on_notify=lambda _payload: self._wake.set(),
+            on_connect=self._wake.set,  # jobs queued while nobody listened
+            quiet_after=self.poll_interval,
+            log=log,
+            backoff=Backoff(MIN_BACKOFF, MAX_BACKOFF),
+        )
         helpers = [
-            loop.create_task(self._listen_forever(url), name="pgpulse-worker-listen"),
+            loop.create_task(listen.run(), name="pgpulse-worker-listen"),
             loop.create_task(self._renew_forever(pool), name="pgpulse-worker-leases"),
             loop.create_task(self._stop_on(stop), name="pgpulse-worker-stop"),
         ]
+        # Registered under its name, which is also what its jobs' rows call it.
+        heartbeat = Heartbeat(pool, "worker", self._stats, self.heartbeat_interval, self.name)
+        heartbeat.start()
         kinds = ", ".join(self.kinds)
         log.info("worker %s: kinds %s, concurrency %d", self.name, kinds, self.concurrency)
         try:
@@ -238,6 +389,7 @@ class Worker:
             for task in helpers:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await heartbeat.stop()
             await pool.close()
 
     async def _stop_on(self, stop: asyncio.Event) -> None:
@@ -246,7 +398,7 @@ class Worker:
         self._wake.set()
 
     async def _claim_forever(self, pool: AsyncConnectionPool) -> None:
-        backoff = 0.05
+        backoff = Backoff(MIN_BACKOFF, MAX_BACKOFF)
         while not self._stopping:
             self._wake.clear()
             free = self.concurrency - len(self._running)
@@ -254,11 +406,10 @@ class Worker:
             if free > 0:
                 try:
                     claimed = await self._claim(pool, free)
-                    backoff = 0.05
+                    backoff.reset()
                 except (psycopg.OperationalError, PoolTimeout) as exc:
                     log.warning("worker %s: cannot claim jobs: %s", self.name, exc)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, MAX_BACKOFF)
+                    await backoff.sleep()
                     continue
             if claimed and claimed == free:
                 continue  # more may be queued; claim again once a slot frees
@@ -293,10 +444,14 @@ class Worker:
         try:
             async with timer:
                 result = await self.handlers[job.kind](job)
+            if result is None and job.streamed:
+                result = {"text": job.text}  # the whole stream, in the final event
             result_json = encode_json("result", result, InvalidJob)
         except JobLost:
+            job.stop_streaming()
             return
         except asyncio.CancelledError:
+            job.stop_streaming()  # the job is not ours to write to any more
             if job.lost:
                 return  # taken back; another worker runs it
             raise  # shutting down: the job is given back
@@ -310,6 +465,7 @@ class Worker:
                 error = INTERNAL_ERROR
         finally:
             job.stop_reporting()
+        await job.settle_output()
         await self._finish(pool, job, result_json, error)
 
     async def _finish(
@@ -317,10 +473,14 @@ class Worker:
     ) -> None:
         """Record the job's end, retrying while the database is away and the lease may hold."""
         deadline = time.monotonic() + self.lease
-        backoff = 0.05
+        backoff = Backoff(MIN_BACKOFF, MAX_BACKOFF)
         while True:
             try:
                 async with pool.connection() as conn:
+                    # The streamed text's tail first: its event comes before the end's.
+                    if not await job.write_output(conn):
+                        log.warning("job %s: taken back before it ended", job.id)
+                        return
                     cur = await conn.execute(
                         QUERIES["finish_job"],
                         {
@@ -333,11 +493,11 @@ class Worker:
                     row = await cur.fetchone()
                 break
             except (psycopg.OperationalError, PoolTimeout) as exc:
-                if time.monotonic() + backoff > deadline:
+                delay = backoff.next()
+                if time.monotonic() + delay > deadline:
                     log.error("job %s: end not recorded, it will run again: %s", job.id, exc)
                     return
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF)
+                await asyncio.sleep(delay)
         if row is None or not row[0]:
             log.warning("job %s: taken back before it ended; its result is dropped", job.id)
             return
@@ -386,26 +546,18 @@ class Worker:
             except (psycopg.OperationalError, PoolTimeout) as exc:
                 log.warning("worker %s: cannot renew leases: %s", self.name, exc)
 
-    async def _listen_forever(self, url: str) -> None:
-        backoff = 0.05
-        while True:
-            try:
-                conn = await db.connect(url, db.LISTENER_APP_NAME)
-                async with conn:
-                    await conn.execute(f"LISTEN {CHANNEL}")
-                    backoff = 0.05
-                    self._wake.set()  # jobs queued while nobody listened
-                    async for _ in conn.notifies():
-                        self._wake.set()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                # As the server's listener does: the database may have restarted
-                # under the pool too, so its connections are probed before use.
-                db.distrust_idle_connections()
-                log.warning("worker %s: LISTEN connection lost: %s", self.name, exc)
-            await asyncio.sleep(backoff * (1 + random.random()))
-            backoff = min(backoff * 2, MAX_BACKOFF)
+    async def _stats(self, conn: psycopg.AsyncConnection[Any]) -> dict[str, Any]:
+        """What the node registry shows of this worker."""
+        return {
+            "kinds": self.kinds,
+            "concurrency": self.concurrency,
+            "running": len(self._running),
+            "jobs_done": self.jobs_done,
+            "listener": {
+                "connected": self._listen is not None and self._listen.connected,
+                "reconnects": self._listen.reconnects if self._listen is not None else 0,
+            },
+        }
 
 
 async def echo(job: Job) -> Any:
@@ -429,5 +581,32 @@ async def sleep(job: Job) -> Any:
     return {"slept": seconds, "steps": steps}
 
 
-BUILTIN_HANDLERS: dict[str, Handler] = {"echo": echo, "sleep": sleep}
+SAMPLE_ANSWER = (
+    "PostgreSQL already knows when your transaction commits, so it can tell your users too: "
+    "pgpulse writes each event in the same transaction as your data, wakes its servers with "
+    "NOTIFY, and streams the event log to every browser, in order, resuming exactly."
+)
+MAX_STREAM_INPUT = 100_000  # characters of text the built-in stream kind takes
+
+
+async def stream(job: Job) -> Any:
+    """Built-in kind ``stream``: ``{"text": t, "delay": s}`` streams ``t`` (default: a
+    sample answer) a word at a time, ``s`` seconds apart (default 0.05), as a model would."""
+    spec = job.input if isinstance(job.input, dict) else {}
+    text = spec.get("text", SAMPLE_ANSWER)
+    delay = float(spec.get("delay", 0.05))
+    if not isinstance(text, str) or len(text) > MAX_STREAM_INPUT:
+        raise ValueError(f"text must be a string of at most {MAX_STREAM_INPUT} characters")
+    if not 0 <= delay <= 10:
+        raise ValueError("delay must be from 0 to 10 seconds")
+    # Words with the spaces after them: joined back, they are the text exactly.
+    words = [word for word in re.split(r"(?<=\s)(?=\S)", text) if word]
+    for i, word in enumerate(words, 1):
+        await asyncio.sleep(delay)
+        await job.stream(word)
+        await job.progress(i / len(words))
+    return None  # the result is the whole text (see the module docstring)
+
+
+BUILTIN_HANDLERS: dict[str, Handler] = {"echo": echo, "sleep": sleep, "stream": stream}
 """What ``pgpulse worker`` runs without ``--app``: kinds to try the pipeline with."""

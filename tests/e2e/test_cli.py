@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import signal
 import stat
@@ -13,6 +14,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import orjson
 import psycopg
 import pytest
@@ -77,6 +79,19 @@ async def test_zero_config_serve_token_publish(open_tmp: Path) -> None:
         assert stat.S_IMODE(secret.parent.stat().st_mode) == 0o700
         token = pgpulse("token", "--tenant", "acme", env=env)
         assert token.returncode == 0, token.stderr
+        # The generated secret is the server's own: it hands over a console link, once.
+        links = re.findall(r"(http://127\.0\.0\.1:\d+/console)#token=(\S+)", server.output())
+        assert len(links) == 1, server.output()
+        [(console, admin)] = links
+        assert console == f"http://127.0.0.1:{port}/console"
+        minted = pgpulse("token", "--scope", "admin", env=env)
+        assert minted.returncode == 0, minted.stderr
+        async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT) as http:
+            for admin_token in (admin, minted.stdout.strip()):
+                overview = await http.get(
+                    "/api/admin/overview", headers={"Authorization": f"Bearer {admin_token}"}
+                )
+                assert overview.status_code == 200, overview.text
         url = f"ws://127.0.0.1:{port}/ws?token={token.stdout.strip()}"
         async with websockets.connect(url, open_timeout=TIMEOUT) as ws:
             await until_ready(ws)
@@ -84,9 +99,9 @@ async def test_zero_config_serve_token_publish(open_tmp: Path) -> None:
                 pgpulse, "publish", "acme", "greeting", '{"hello": "cli"}', env=env
             )
             assert published.returncode == 0, published.stderr
-            event_id = orjson.loads(published.stdout)["event_id"]
+            key = orjson.loads(published.stdout)["key"]
             frame = await recv(ws)
-            assert frame["id"] == event_id and frame["data"] == {"hello": "cli"}
+            assert frame["key"] == key and frame["id"] == 1 and frame["data"] == {"hello": "cli"}
             # psql's way in: the socket in the data directory.
             sql_url = f"postgresql://postgres@/postgres?host={data_dir / 'postgres'}"
             async with await psycopg.AsyncConnection.connect(sql_url, autocommit=True) as c:
@@ -98,6 +113,7 @@ async def test_zero_config_serve_token_publish(open_tmp: Path) -> None:
     # The access log names the WebSocket path; the token in it is redacted.
     assert "/ws?token=***" in server.output()
     assert token.stdout.strip() not in server.output()
+    assert server.output().count(admin) == 1  # printed once, never logged
     # The server that started the embedded PostgreSQL stopped it.
     assert not postmaster_running(data_dir / "postgres"), server.output()
 
@@ -108,6 +124,8 @@ def test_migrate_token_and_bad_arguments(database_url: str, tmp_path: Path) -> N
     assert migrated.returncode == 0 and "version" in migrated.stdout
     for args in (
         ["token", "--tenant", "a", "--ttl", "soon"],
+        ["token"],
+        ["token", "--scope", "publish"],
         ["publish", "acme", "t", "not json"],
         ["tail"],
     ):
@@ -126,12 +144,17 @@ async def test_worker_runs_the_builtin_kinds_and_stops_on_sigterm(
             nap = await pgpulse_api.submit_job(
                 c, tenant_id=tenant, kind="sleep", input={"seconds": 0.2, "steps": 2}
             )
+            said = await pgpulse_api.submit_job(
+                c, tenant_id=tenant, kind="stream", input={"text": "a b  c", "delay": 0}
+            )
         await until_status(database_url, echo, "succeeded", timeout=30)
         await until_status(database_url, nap, "succeeded", timeout=30)
+        await until_status(database_url, said, "succeeded", timeout=30)
         assert (await job_row(database_url, echo))["result"] == [1, "a"]
         assert (await job_row(database_url, nap))["result"] == {"slept": 0.2, "steps": 2}
+        assert (await job_row(database_url, said))["result"] == {"text": "a b  c"}
         assert await asyncio.to_thread(worker.stop, signal.SIGTERM) == 0, worker.output()
-        assert "kinds echo, sleep" in worker.output()
+        assert "kinds echo, sleep, stream" in worker.output()
     finally:
         worker.stop(signal.SIGKILL)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -136,3 +137,48 @@ async def test_browser_and_service_publishes_get_the_same_answers(
             answers.append(service[0])
         assert answers == [201, 401, 401, 401, 403, 422, 422, 413]
     assert await stored(srv.runtime.database_url, tenant) == 2
+
+
+BAD_EVENTS = [
+    {"type": "x\u0000y", "data": {}},  # NUL: PostgreSQL's text refuses it
+    {"type": "x", "data": {"s": "a\u0000b"}},  # NUL inside jsonb
+    {"type": "x", "topic": "t" * 201, "data": {}},
+    {"type": "", "data": {}},
+    {"data": {}},
+]
+
+
+async def test_a_bad_event_never_fails_the_valid_ones_beside_it(
+    server: ServerHandle, tenant: str
+) -> None:
+    """Round after round, one bad event is posted concurrently with 60 valid ones."""
+    rounds, valid = 10, 60
+    auth = {"Authorization": f"Bearer {mint(tenant, scopes=['publish'])}"}
+    async with server.connect(mint(tenant)) as ws, server.http() as http:
+        await until_ready(ws)
+        for n in range(rounds):
+            bad = BAD_EVENTS[n % len(BAD_EVENTS)]
+            bodies = [{"type": "ok", "data": {"round": n, "i": i}} for i in range(valid)]
+            bodies.insert(n * 7 % valid, bad)
+            answers = await asyncio.gather(
+                *(http.post("/api/events", json=body, headers=auth) for body in bodies)
+            )
+            statuses = [r.status_code for r in answers]
+            assert statuses.count(201) == valid, statuses
+            assert statuses.count(422) == 1, statuses
+        got = await events(ws, rounds * valid, timeout=30)
+        assert [e["id"] for e in got] == list(range(1, rounds * valid + 1))
+        assert {(e["data"]["round"], e["data"]["i"]) for e in got} == {
+            (n, i) for n in range(rounds) for i in range(valid)
+        }
+        await no_more_events(ws, 0.2)
+
+
+async def test_json_null_data_is_stored_and_delivered(server: ServerHandle, tenant: str) -> None:
+    auth = {"Authorization": f"Bearer {mint(tenant, scopes=['publish'])}"}
+    async with server.connect(mint(tenant)) as ws, server.http() as http:
+        await until_ready(ws)
+        r = await http.post("/api/events", json={"type": "x", "data": None}, headers=auth)
+        assert r.status_code == 201, r.text
+        [got] = await events(ws, 1)
+        assert got["id"] == r.json()["event_id"] and got["data"] is None

@@ -219,7 +219,7 @@ async def test_clerk_shaped_tokens_with_an_organisation_claim(
     ) as srv:
         async with srv.connect(token) as ws:
             assert (await until_ready(ws))[-1]["op"] == "ready"
-        principal = srv.runtime.verifier.verify(token)
+        principal = srv.app.state.pgpulse.token_auth.verifier.verify(token)
         assert principal.tenant_id == tenant and principal.user_id == "user_2a9YqKx"
         # Without the organisation the token names no tenant: refused.
         del claims["o"]
@@ -258,7 +258,7 @@ async def test_supabase_shaped_tokens_and_two_secrets_at_once(
     ) as srv:
         async with srv.connect(token) as ws:
             assert (await until_ready(ws))[-1]["op"] == "ready"
-        minted = srv.runtime.verifier.mint(tenant, "u1")
+        minted = srv.app.state.pgpulse.token_auth.verifier.mint(tenant, "u1")
         assert jwt.decode(minted, SECRET, algorithms=["HS256"], audience="authenticated")[
             "app_metadata"
         ] == {"tenant_id": tenant}

@@ -154,7 +154,8 @@ async def test_workers_and_nodes_deliver_every_event_exactly_once(
             )
             sql_lock = asyncio.Lock()
 
-            async def publish(i: int) -> int:
+            async def publish(i: int) -> tuple[str, int]:
+                """("key", k) from SQL's publish; ("id", n) from the HTTP API."""
                 if i % 4 == 3:
                     async with sql_lock:
                         cur = await sql_conn.execute(
@@ -163,17 +164,16 @@ async def test_workers_and_nodes_deliver_every_event_exactly_once(
                         )
                         row = await cur.fetchone()
                     assert row is not None
-                    return int(row[0])
+                    return ("key", int(row[0]))
                 r = await https[i % 3].post(
                     "/api/events",
                     json={"topic": "scale", "type": f"http-{i % 3}", "data": {"i": i}},
                     headers={"Authorization": f"Bearer {token}"},
                 )
                 assert r.status_code == 201, r.text
-                return int(r.json()["event_id"])
+                return ("id", int(r.json()["event_id"]))
 
-            ids = await asyncio.gather(*(publish(i) for i in range(EVENTS)))
-            assert sorted(ids) == list(range(1, EVENTS + 1))
+            returned = await asyncio.gather(*(publish(i) for i in range(EVENTS)))
             async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as c:
                 await c.execute("SELECT pgpulse.publish(%s, 'scale', 'other', '{}')", [other])
 
@@ -183,6 +183,10 @@ async def test_workers_and_nodes_deliver_every_event_exactly_once(
                 assert [e["id"] for e in got] == expected_ids, f"client {n}"
                 assert sorted(e["data"]["i"] for e in got) == list(range(EVENTS)), f"client {n}"
                 assert {e["tenant_id"] for e in got} == {tenant}
+                # What each publish returned names its event: HTTP's id, SQL's key.
+                assert sorted(returned) == sorted(
+                    ("key", e["key"]) if e["type"] == "sql" else ("id", e["id"]) for e in got
+                )
             for ws in bystanders:
                 [only] = await events(ws, 1)
                 assert only["tenant_id"] == other and only["type"] == "other"

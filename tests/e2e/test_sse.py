@@ -121,7 +121,7 @@ async def test_live_events_carry_id_type_and_the_ws_frame(
     assert got[0].event == "hello"
     assert got[0].body["data"] == {"n": 1, "text": "line\nbreak é"}
     assert got[0].body["tenant_id"] == tenant and got[0].body["id"] == 1
-    assert set(got[0].body) == {"id", "tenant_id", "topic", "type", "data", "ts"}
+    assert set(got[0].body) == {"id", "key", "tenant_id", "topic", "type", "data", "ts"}
     assert "\n" not in (got[1].event or "") and got[1].body["type"] == "evil\ntype\r\ndata: {}"
     assert got[1].body["data"] == {"n": 2}
 

@@ -1,7 +1,8 @@
 """Helpers for fault tests: a steady publisher that survives outages, clients that record.
 
-The publisher is the ground truth of what was committed: it records an id only
-when PostgreSQL returned it, i.e. when the commit succeeded. A publish whose
+The publisher is the ground truth of what was committed: it records an event's
+key (what ``publish`` returns) only when PostgreSQL returned it, i.e. when
+the commit succeeded. A publish whose
 connection died mid-statement is unknown (it may or may not have committed),
 so tests compare clients against the events table as well.
 """
@@ -37,7 +38,7 @@ class Publisher:
     tenant: str
     rate: float = 100.0
     acked: list[tuple[int, float]] = field(default_factory=list)
-    """(id, monotonic time the commit was acknowledged)"""
+    """(key, monotonic time the commit was acknowledged)"""
     failures: int = 0
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -55,10 +56,10 @@ class Publisher:
                             connect_timeout=2,
                         )
                     seq += 1
-                    event_id = await pgpulse.publish(
+                    key = await pgpulse.publish(
                         conn, tenant_id=self.tenant, type="tick", data={"seq": seq}, topic="faults"
                     )
-                    self.acked.append((event_id, time.monotonic()))
+                    self.acked.append((key, time.monotonic()))
                     pause = 1 / self.rate
                 except psycopg.Error:
                     self.failures += 1
@@ -92,18 +93,18 @@ class Publisher:
 
 @dataclass
 class Recorder:
-    """A WebSocket client that records every event id it receives, with the time."""
+    """A WebSocket client that records every event it receives (id, key), with the time."""
 
     server: ServerHandle
     tenant: str
-    received: list[tuple[int, float]] = field(default_factory=list)
+    received: list[tuple[int, int, float]] = field(default_factory=list)
     closes: list[int | None] = field(default_factory=list)
     _ws: ClientConnection | None = None
     _task: asyncio.Task[None] | None = None
 
     @property
     def ids(self) -> list[int]:
-        return [i for i, _ in self.received]
+        return [i for i, _, _ in self.received]
 
     @property
     def last_id(self) -> int:
@@ -129,7 +130,7 @@ class Recorder:
 
     def _record(self, frames: list[dict[str, Any]]) -> None:
         now = time.monotonic()
-        self.received.extend((f["id"], now) for f in frames if "id" in f)
+        self.received.extend((f["id"], f["key"], now) for f in frames if "id" in f)
 
     async def _read(self, ws: ClientConnection) -> None:
         try:
@@ -150,26 +151,25 @@ class Recorder:
     def connected(self) -> bool:
         return self._task is not None and not self._task.done()
 
-    async def wait_for(self, event_id: int, timeout: float = TIMEOUT) -> float:
-        """Wait until ``event_id`` arrived; returns when (monotonic)."""
+    async def wait_for(self, key: int, timeout: float = TIMEOUT) -> float:
+        """Wait until the event with ``key`` arrived; returns when (monotonic)."""
         async with asyncio.timeout(timeout):
             while True:
-                for i, t in reversed(self.received):
-                    if i == event_id:
+                for _, k, t in reversed(self.received):
+                    if k == key:
                         return t
-                    if i < event_id:
-                        break
                 if self._task is not None and self._task.done():
-                    raise AssertionError(f"connection closed ({self.closes}) before id {event_id}")
+                    raise AssertionError(f"connection closed ({self.closes}) before key {key}")
                 await asyncio.sleep(0.01)
 
 
-async def committed_ids(url: str, tenant: str) -> list[int]:
+async def committed(url: str, tenant: str) -> list[tuple[int, int]]:
+    """The tenant's stored events as (id, key), in id order."""
     async with await psycopg.AsyncConnection.connect(url) as conn:
         cur = await conn.execute(
-            "SELECT id FROM pgpulse.events WHERE tenant_id = %s ORDER BY id", [tenant]
+            "SELECT id, key FROM pgpulse.events WHERE tenant_id = %s ORDER BY id", [tenant]
         )
-        return [int(row[0]) for row in await cur.fetchall()]
+        return [(int(row[0]), int(row[1])) for row in await cur.fetchall()]
 
 
 async def terminate(url: str, application_names: list[str]) -> list[int]:

@@ -21,7 +21,7 @@ from pgpulse.db import APP_NAME, LISTENER_APP_NAME
 
 from ..support import ServerHandle, start_server
 from .conftest import PrivatePostgres
-from .streams import Publisher, Recorder, committed_ids, terminate, until
+from .streams import Publisher, Recorder, committed, terminate, until
 
 RECOVERY = 5.0  # seconds from the database's return to the first event delivered again
 STREAM_BETWEEN_FAULTS = 100  # events published between faults (about a second)
@@ -60,14 +60,16 @@ async def stream_through(server: ServerHandle, publisher: Publisher, faults: lis
                 what="publishing after the fault",
             )
 
-    truth = await committed_ids(url, tenant)
-    acked = [event_id for event_id, _ in publisher.acked]
-    # Gap-free ids, and every acknowledged publish is among them (a publish cut
-    # mid-statement is unknown to the publisher, but the table knows).
+    stored = await committed(url, tenant)
+    truth = [event_id for event_id, _ in stored]
+    acked = [key for key, _ in publisher.acked]
+    # Gap-free ids, and every acknowledged publish is among them, in the order
+    # it was acknowledged (a publish cut mid-statement is unknown to the
+    # publisher, but the table knows).
     assert truth == list(range(1, len(truth) + 1))
-    assert acked == sorted(acked) and set(acked) <= set(truth)
+    assert [key for _, key in stored if key in set(acked)] == acked
     for client in (stayer, resumer):
-        await client.wait_for(truth[-1])
+        await client.wait_for(stored[-1][1])
     assert stayer.connected, f"the connected client was closed: {stayer.closes}"
     assert stayer.ids == truth
     assert resumer.ids == truth
@@ -76,10 +78,11 @@ async def stream_through(server: ServerHandle, publisher: Publisher, faults: lis
 
 
 async def until_acked_after(publisher: Publisher, moment: float) -> int:
+    """The key of the first publish acknowledged after ``moment``."""
     await until(lambda: publisher.first_acked_after(moment) is not None, what="a publish")
-    event_id = publisher.first_acked_after(moment)
-    assert event_id is not None
-    return event_id
+    key = publisher.first_acked_after(moment)
+    assert key is not None
+    return key
 
 
 def terminate_listener(server: ServerHandle, url: str) -> Fault:

@@ -46,8 +46,8 @@ async def test_resume_past_retention_gets_reset_then_ready(
                     {"op": "reset", "reason": "history_expired"},
                     {"op": "ready", "last_event_id": head},
                 ]
-                event_id = await pgpulse.publish(c, tenant_id=tenant, type="new", data={})
+                key = await pgpulse.publish(c, tenant_id=tenant, type="new", data={})
                 [got] = await events(ws, 1)
-                assert got["id"] == head + 1 == event_id and got["type"] == "new"
+                assert got["id"] == head + 1 and got["key"] == key and got["type"] == "new"
                 await no_more_events(ws, 0.2)
-                head = event_id
+                head = got["id"]

@@ -108,9 +108,9 @@ async def test_peer_that_stops_answering_pings_is_dropped(
             [protocol] = server.server.server_state.connections
             await until(lambda: protocol.last_ping_rtt > 0, what="a pong")  # type: ignore[attr-defined]
             async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as c:
-                event_id = await pgpulse.publish(c, tenant_id=tenant, type="alive", data={})
+                key = await pgpulse.publish(c, tenant_id=tenant, type="alive", data={})
             [got] = await events(healthy, 1)
-            assert got["id"] == event_id
+            assert got["key"] == key
 
 
 async def ws_connections(server: ServerProcess) -> int:
@@ -160,9 +160,9 @@ async def test_peer_that_stops_reading_mid_stream_is_dropped(
                         await asyncio.sleep(0.05)
             finally:
                 writer.close()
-            event_id = await publish_one(database_url, tenant)
+            key = await publish_one(database_url, tenant)
             [got_one] = await events(healthy, 1)
-            assert got_one["id"] == event_id
+            assert got_one["key"] == key
     finally:
         server.stop(timeout=TIMEOUT)
 

@@ -13,6 +13,7 @@ from pgpulse.events import Event, control, parse_event
 def test_frame_shape_and_roundtrip() -> None:
     e = Event(
         7,
+        901,
         "acme",
         "notifications",
         "notification",
@@ -23,6 +24,7 @@ def test_frame_shape_and_roundtrip() -> None:
     body = orjson.loads(e.frame)
     assert body == {
         "id": 7,
+        "key": 901,
         "tenant_id": "acme",
         "topic": "notifications",
         "type": "notification",
@@ -36,7 +38,7 @@ def test_frame_shape_and_roundtrip() -> None:
 
 
 def test_sse_message_and_control() -> None:
-    e = Event(1, "a", "t", "evil\ntype", "{}", datetime.now(UTC))
+    e = Event(1, 1, "a", "t", "evil\ntype", "{}", datetime.now(UTC))
     text = e.sse.decode()
     assert text.startswith("id: 1\nevent: evil type\ndata: {")
     assert text.endswith("\n\n") and text.count("\n") == 4
@@ -48,7 +50,7 @@ def test_ws_bytes_is_one_unmasked_text_frame() -> None:
     from websockets.frames import Frame, Opcode
 
     for size in (10, 35, 200, 70_000):
-        e = Event(1, "a", "t", "x", orjson.dumps("y" * size).decode(), datetime.now(UTC))
+        e = Event(1, 1, "a", "t", "x", orjson.dumps("y" * size).decode(), datetime.now(UTC))
         data = e.ws_bytes
         # websockets' own parser, reading as a client reads (server frames are unmasked).
         offset = 0

@@ -12,7 +12,7 @@ from pgpulse.hub import Hub, SlowConsumer, Subscription
 
 
 def ev(tenant: str, id: int, topic: str = "t", user: str | None = None, size: int = 2) -> Event:
-    return Event(id, tenant, topic, "x", "0" * size, datetime.now(UTC), user)
+    return Event(id, id, tenant, topic, "x", "0" * size, datetime.now(UTC), user)
 
 
 async def test_routes_by_tenant_topic_and_user() -> None:

@@ -1,8 +1,9 @@
 /**
  * The demo page: `<NotificationCenter>` against the server named in the
  * query string, `?server=http://127.0.0.1:8000&token=<jwt>`, with a form to
- * send a notification and one to submit a `sleep` job, which `pgpulse
- * worker` runs. `maxDelayMs` and `pingIntervalMs` tune reconnection.
+ * send a notification, one to submit a `sleep` job, and one to ask for a
+ * streamed answer (a `stream` job) shown word by word with `useJob`; `pgpulse
+ * worker` runs the jobs. `maxDelayMs` and `pingIntervalMs` tune reconnection.
  */
 
 import { useState, type FormEvent, type ReactElement } from "react";
@@ -10,6 +11,7 @@ import { createRoot } from "react-dom/client";
 
 import { createNotification, submitJob } from "../src/http.js";
 import { NotificationCenter } from "../src/NotificationCenter.js";
+import { useJob, usePgpulse } from "../src/react.js";
 
 const params = new URLSearchParams(location.search);
 const server = params.get("server") ?? location.origin;
@@ -92,6 +94,47 @@ function JobForm(): ReactElement {
   );
 }
 
+function StreamedAnswer({ jobId }: { jobId: string }): ReactElement {
+  // Its own client, opened only once there is something to watch: the job may
+  // have streamed part of the answer by then, which useJob reads first.
+  const { client } = usePgpulse({ url: server, token, topics: ["ai_jobs"], keep: 0 });
+  const job = useJob(jobId, { client });
+  return (
+    <output className="answer" data-answer-job={jobId} data-status={job.status} aria-live="polite">
+      {job.text}
+      {job.status === "running" || job.status === "queued" || job.status === "loading" ? <span aria-hidden="true">▍</span> : null}
+      {job.status === "failed" ? <span role="alert"> (failed: {job.error})</span> : null}
+    </output>
+  );
+}
+
+function AskForm(): ReactElement {
+  const [question, setQuestion] = useState("Why does pgpulse need no broker?");
+  const [jobId, setJobId] = useState<string | null>(null);
+  const [error, setError] = useState<string | null>(null);
+  const ask = async (event: FormEvent): Promise<void> => {
+    event.preventDefault();
+    try {
+      // The built-in `stream` kind answers with a sample text, a word every 50 ms.
+      const submitted = await submitJob({ url: server, token, kind: "stream", input: { question, delay: 0.05 } });
+      setJobId(submitted.jobId);
+      setError(null);
+    } catch (failure) {
+      setError(failure instanceof Error ? failure.message : String(failure));
+    }
+  };
+  return (
+    <form onSubmit={(event) => void ask(event)} aria-label="Ask for a streamed answer">
+      <label>
+        Question <input name="question" value={question} onChange={(event) => setQuestion(event.target.value)} required />
+      </label>
+      <button type="submit">Ask</button>
+      {jobId !== null ? <StreamedAnswer key={jobId} jobId={jobId} /> : null}
+      {error !== null ? <span role="alert">{error}</span> : null}
+    </form>
+  );
+}
+
 function Demo(): ReactElement {
   if (token === "") {
     return (
@@ -114,6 +157,7 @@ function Demo(): ReactElement {
       />
       <SendForm />
       <JobForm />
+      <AskForm />
     </>
   );
 }

@@ -2,8 +2,10 @@
  * The notification center in a real Chromium against a real pgpulse server:
  * live notifications with the unread count, a server restart and a network
  * cut survived with every notification shown exactly once, history on load,
- * and a job submitted from the page, run by a real `pgpulse worker`, shown
- * from its first progress report to its result.
+ * a job submitted from the page, run by a real `pgpulse worker`, shown from
+ * its first progress report to its result, and again after a reload; a
+ * streamed answer shown word by word; and a page on an origin the server
+ * does not allow, told so (and how to fix it) rather than "Live".
  */
 
 import { mkdtemp, rm } from "node:fs/promises";
@@ -16,7 +18,7 @@ import { build } from "vite";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 
 import { createNotification, getJob } from "../src/http.js";
-import { removeDataDir, startServer, startWorker, type RunningServer } from "../test/support/server.js";
+import { freePort, removeDataDir, startServer, startWorker, type RunningServer } from "../test/support/server.js";
 import { mintToken, uniqueTenant } from "../test/support/token.js";
 import { serveFolder, type StaticServer } from "./support/staticServer.js";
 
@@ -72,16 +74,25 @@ interface DemoPage {
   readonly sockets: string[];
 }
 
-/** Opens the demo page for `token`; its uncaught errors land in `pageErrors`. */
-async function openDemo(context: BrowserContext, token: string, extra: Record<string, string> = {}): Promise<DemoPage> {
-  const { demo, server } = running();
+/**
+ * Opens the demo page for `token` (from the allowed origin unless `origin` is
+ * given; on the running server unless `extra.server` names another); its
+ * uncaught errors land in `pageErrors`.
+ */
+async function openDemo(
+  context: BrowserContext,
+  token: string,
+  extra: Record<string, string> = {},
+  origin: string = running().demo.origin,
+): Promise<DemoPage> {
+  const { server } = running();
   const page = await context.newPage();
   page.setDefaultTimeout(UI_TIMEOUT_MS);
   page.on("pageerror", (error) => pageErrors.push(error.message));
   const sockets: string[] = [];
   page.on("websocket", (socket) => sockets.push(socket.url()));
   const query = new URLSearchParams({ server: server.url, token, ...extra });
-  await page.goto(`${demo.origin}/?${query.toString()}`);
+  await page.goto(`${origin}/?${query.toString()}`);
   return { page, sockets };
 }
 
@@ -215,9 +226,116 @@ describe("NotificationCenter in Chromium", () => {
         status: "succeeded",
         result: { slept: 3, steps: 6 },
       });
+
+      // A reloaded page has no events of the job to replay: it reads the job from GET /api/jobs.
+      const { page: reloaded } = await openDemo(context, token);
+      await waitForStatus(reloaded, "open");
+      await reloaded.waitForSelector(`${row}[data-state="complete"]`, { state: "attached" });
+      expect(await reloaded.textContent(`${row} .pgpulse-nc__job-kind`)).toBe("sleep");
+      expect(await reloaded.$$(".pgpulse-nc__job")).toHaveLength(1);
     } finally {
       await context.close();
       await worker.stop();
+    }
+  });
+
+  it("shows a streamed answer as it is produced, then whole", async () => {
+    const { browser, server } = running();
+    const token = mintToken({ tenant_id: uniqueTenant("e2e-answer") });
+    const worker = await startWorker(server.dataDir);
+    const context = await browser.newContext();
+    try {
+      const { page } = await openDemo(context, token);
+      await waitForStatus(page, "open");
+      await page.click('form[aria-label="Ask for a streamed answer"] button[type="submit"]');
+      const answer = "[data-answer-job]";
+      // Partway: some words, and more to come.
+      await page.waitForSelector(`${answer}[data-status="running"]`, { state: "attached" });
+      await page.waitForFunction((selector) => (document.querySelector(selector)?.textContent ?? "").length > 20, answer);
+      await page.waitForSelector(`${answer}[data-status="succeeded"]`, { state: "attached" });
+      const jobId = (await page.getAttribute(answer, "data-answer-job")) ?? "";
+      const job = await getJob<{ text: string }>({ url: server.url, token, jobId });
+      expect(job.kind).toBe("stream");
+      expect(job.text.length).toBeGreaterThan(100);
+      expect(job.result).toEqual({ text: job.text });
+      expect(await page.textContent(answer)).toBe(job.text);
+    } finally {
+      await context.close();
+      await worker.stop();
+    }
+  });
+
+  it("tells a page on an origin the server does not allow what to set, while its socket is live", async () => {
+    const { browser, server } = running();
+    const token = mintToken({ tenant_id: uniqueTenant("e2e-origin") });
+    // The same page from another port: another origin, absent from PGPULSE_ALLOWED_ORIGINS.
+    const stranger = await serveFolder(demoDir ?? "");
+    const context = await browser.newContext();
+    try {
+      const { page } = await openDemo(context, token, {}, stranger.origin);
+      await page.waitForSelector('.pgpulse-nc[data-problem="origin-not-allowed"]', { state: "attached" });
+      // What to set (the server may list the origins it allows already), and where.
+      const explains = (text: string | null): void => {
+        expect(text).toMatch(/^this origin is not allowed: set PGPULSE_ALLOWED_ORIGINS=\S+ on the server at /);
+        expect(text).toContain(`PGPULSE_ALLOWED_ORIGINS=`);
+        expect(text?.split(" ")[6]?.split("=")[1]?.split(",")).toContain(stranger.origin);
+        expect(text).toContain(`on the server at ${server.url}`);
+      };
+      // The WebSocket (which CORS does not govern) is live; the status says that is not all.
+      expect(await page.getAttribute(".pgpulse-nc", "data-status")).toBe("open");
+      expect(await page.textContent(".pgpulse-nc__status")).toBe("Live, but the server refuses this page's HTTP calls");
+      explains(await page.textContent(".pgpulse-nc__problem"));
+
+      // The page's own form gets the same explanation, not a bare "Failed to fetch".
+      await page.fill('form[aria-label="Send a notification"] input', "refused");
+      await page.click('form[aria-label="Send a notification"] button[type="submit"]');
+      const alert = await page.waitForSelector('form[aria-label="Send a notification"] [role="alert"]');
+      explains(await alert.textContent());
+      expect(await messages(page)).toEqual([]);
+    } finally {
+      await context.close();
+      await stranger.close();
+    }
+  });
+
+  it("diagnoses a refused origin even on a server that does not report it in /healthz", async () => {
+    const { browser } = running();
+    const token = mintToken({ tenant_id: uniqueTenant("e2e-silent") });
+    // A plain web server on another origin: it answers, with no CORS headers and no report.
+    const silent = await serveFolder(demoDir ?? "");
+    const context = await browser.newContext();
+    try {
+      const { page } = await openDemo(context, token, { server: silent.origin, maxDelayMs: "1000" });
+      await page.fill('form[aria-label="Send a notification"] input', "refused");
+      await page.click('form[aria-label="Send a notification"] button[type="submit"]');
+      const alert = await page.waitForSelector('form[aria-label="Send a notification"] [role="alert"]');
+      expect(await alert.textContent()).toBe(
+        `this origin is not allowed: set PGPULSE_ALLOWED_ORIGINS=${running().demo.origin} on the server at ${silent.origin} ` +
+          "(the browser refused its answer to POST /api/notifications under CORS)",
+      );
+    } finally {
+      await context.close();
+      await silent.close();
+    }
+  });
+
+  it("does not blame the origin when the server cannot be reached at all", async () => {
+    const { browser } = running();
+    const token = mintToken({ tenant_id: uniqueTenant("e2e-down") });
+    const nobody = `http://127.0.0.1:${await freePort()}`;
+    const context = await browser.newContext();
+    try {
+      const { page } = await openDemo(context, token, { server: nobody, maxDelayMs: "1000" });
+      await page.fill('form[aria-label="Send a notification"] input', "nowhere");
+      await page.click('form[aria-label="Send a notification"] button[type="submit"]');
+      const alert = await page.waitForSelector('form[aria-label="Send a notification"] [role="alert"]');
+      const text = (await alert.textContent()) ?? "";
+      expect(text).not.toBe("");
+      expect(text).not.toContain("PGPULSE_ALLOWED_ORIGINS");
+      expect(await page.getAttribute(".pgpulse-nc", "data-status")).not.toBe("open");
+      expect(await page.$(".pgpulse-nc__problem")).toBeNull();
+    } finally {
+      await context.close();
     }
   });
 });

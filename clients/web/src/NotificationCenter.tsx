@@ -6,7 +6,8 @@
  * once the subscription is live (`ready`), so a notification created in
  * between arrives by both ways and the merge, keyed by notification id,
  * keeps one. After a `reset` (the server could not resume) the history is
- * read again on the next `ready`, for the same reason.
+ * read again on the next `ready`, for the same reason. AI jobs are read the
+ * same way (`GET /api/jobs`), so a reloaded page shows the jobs it had.
  *
  * Markup only, with `pgpulse-nc` class names to style; no CSS is imposed
  * beyond hiding the screen-reader-only text.
@@ -14,9 +15,9 @@
 
 import { useCallback, useEffect, useId, useRef, useState, type CSSProperties, type ReactElement } from "react";
 
-import { applyJobEvent, AI_JOBS_TOPIC, type JobItem } from "./aiJobs.js";
+import { applyJobEvent, mergeJobSnapshots, AI_JOBS_TOPIC, type JobItem } from "./aiJobs.js";
 import type { PgpulseClientOptions, Status } from "./client.js";
-import { listNotifications } from "./http.js";
+import { listJobs, listNotifications, PgpulseOriginError } from "./http.js";
 import {
   mergeNotifications,
   newestId,
@@ -60,7 +61,10 @@ const STATUS_TEXT: Record<Status, string> = {
   closed: "Disconnected",
 };
 
+const ORIGIN_REFUSED_STATUS = "Live, but the server refuses this page's HTTP calls";
+
 const JOB_STATE_TEXT: Record<JobItem["state"], string> = {
+  queued: "queued",
   running: "running",
   complete: "done",
   failed: "failed",
@@ -101,6 +105,8 @@ export function NotificationCenter(props: NotificationCenterProps): ReactElement
   const [readThrough, setReadThrough] = useReadWatermark(props.storageKey);
   const [announcement, setAnnouncement] = useState("");
   const [historyError, setHistoryError] = useState<string | null>(null);
+  // The socket can be live while every HTTP call is refused (CORS): say so, not just "Live".
+  const [originError, setOriginError] = useState<string | null>(null);
 
   const latestProps = useRef(props);
   useEffect(() => {
@@ -116,18 +122,22 @@ export function NotificationCenter(props: NotificationCenterProps): ReactElement
     needsHistory.current = false;
     const { url, token, historyLimit } = latestProps.current;
     try {
-      const stored = await listNotifications(
-        { url, token, signal: controller.signal },
-        { limit: historyLimit ?? DEFAULT_HISTORY_LIMIT },
-      );
+      const [stored, recentJobs] = await Promise.all([
+        listNotifications({ url, token, signal: controller.signal }, { limit: historyLimit ?? DEFAULT_HISTORY_LIMIT }),
+        listJobs({ url, token, signal: controller.signal }, { limit: maxJobs }),
+      ]);
       setItems((current) => mergeNotifications(current, stored.map(notificationFromStored), maxItems));
+      setJobs((current) => mergeJobSnapshots(current, recentJobs.jobs, maxJobs));
       setHistoryError(null);
+      setOriginError(null);
     } catch (error) {
       if (controller.signal.aborted) return;
       needsHistory.current = true;
-      setHistoryError(error instanceof Error ? error.message : String(error));
+      const message = error instanceof Error ? error.message : String(error);
+      setHistoryError(message);
+      setOriginError(error instanceof PgpulseOriginError ? message : null);
     }
-  }, [maxItems]);
+  }, [maxItems, maxJobs]);
 
   useEffect(() => () => pendingHistory.current?.abort(), []);
 
@@ -162,7 +172,12 @@ export function NotificationCenter(props: NotificationCenterProps): ReactElement
   const markAllRead = (): void => setReadThrough(newestId(items, readThrough));
 
   return (
-    <section className="pgpulse-nc" aria-label={title} data-status={status}>
+    <section
+      className="pgpulse-nc"
+      aria-label={title}
+      data-status={status}
+      data-problem={originError !== null ? "origin-not-allowed" : undefined}
+    >
       <button
         type="button"
         className="pgpulse-nc__bell"
@@ -179,8 +194,13 @@ export function NotificationCenter(props: NotificationCenterProps): ReactElement
         ) : null}
       </button>
       <span role="status" className="pgpulse-nc__status" data-status={status}>
-        {STATUS_TEXT[status]}
+        {status === "open" && originError !== null ? ORIGIN_REFUSED_STATUS : STATUS_TEXT[status]}
       </span>
+      {originError !== null ? (
+        <p role="alert" className="pgpulse-nc__problem">
+          {originError}
+        </p>
+      ) : null}
       <div aria-live="polite" style={VISUALLY_HIDDEN}>
         {announcement}
       </div>

@@ -7,13 +7,21 @@
  * takes it over and publishes `ai_job.started` again with the next attempt
  * number. That event starts the row over (progress 0, no message) rather
  * than adding a second row.
+ *
+ * After a reload the rows come from `GET /api/jobs` (`mergeJobSnapshots`),
+ * read once the subscription is live. A job's events from then on arrive
+ * live too, so a row the stream has already touched is newer than, or as
+ * new as, the snapshot: the stream's row wins, and the snapshot only adds
+ * the jobs the stream has not mentioned.
  */
 
+import type { JobSnapshot } from "./http.js";
 import type { PgpulseEvent } from "./protocol.js";
 
 export const AI_JOBS_TOPIC = "ai_jobs";
 
-export type JobState = "running" | "complete" | "failed";
+/** `queued` only comes from a snapshot: no event is published until a worker starts the job. */
+export type JobState = "queued" | "running" | "complete" | "failed";
 
 export interface JobItem {
   readonly jobId: string;
@@ -92,6 +100,30 @@ export function applyJobEvent(jobs: readonly JobItem[], event: PgpulseEvent, max
       return jobs;
   }
   return [next, ...jobs.filter((job) => job.jobId !== jobId)].slice(0, Math.max(0, max));
+}
+
+/** A row from a job as `GET /api/jobs` shows it. */
+export function jobFromSnapshot(job: JobSnapshot): JobItem {
+  const state: JobState =
+    job.status === "succeeded" ? "complete" : job.status === "failed" ? "failed" : job.status;
+  return {
+    jobId: job.jobId,
+    kind: job.kind,
+    state,
+    progress: clamp(job.progress),
+    ...(job.attempts > 0 ? { attempt: job.attempts } : {}),
+    ...(job.status === "succeeded" ? { result: job.result } : {}),
+    ...(job.error !== null ? { error: job.error } : {}),
+    updatedAt: job.finishedAt ?? job.startedAt ?? job.createdAt,
+  };
+}
+
+/** The rows with the snapshot's jobs the stream has not mentioned added after them, at most `max`. */
+export function mergeJobSnapshots(jobs: readonly JobItem[], snapshots: readonly JobSnapshot[], max: number): readonly JobItem[] {
+  const known = new Set(jobs.map((job) => job.jobId));
+  const added = snapshots.filter((job) => !known.has(job.jobId)).map(jobFromSnapshot);
+  if (added.length === 0) return jobs;
+  return [...jobs, ...added].slice(0, Math.max(0, max));
 }
 
 function isAttempt(value: unknown): value is number {

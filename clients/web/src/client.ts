@@ -29,12 +29,19 @@
  *   `{"op": "ping"}` after a quiet spell and gives the connection up when
  *   nothing answers in time. A socket on a dead network can stay "open" for
  *   minutes otherwise.
+ *
+ * Topics change on the open socket (`subscribe`, `unsubscribe`, `setTopics`):
+ * the server merges a new topic's catch-up into the stream by id, so the one
+ * cursor stays exact. The client's topic list changes at once, so a
+ * reconnect in the middle asks for the new list in its URL.
  */
 
 import { Backoff, type BackoffOptions } from "./backoff.js";
 import {
   parseFrame,
   PING_FRAME,
+  type Ref,
+  type WireMember,
   WS_1000_NORMAL_CLOSURE,
   WS_1006_ABNORMAL_CLOSURE,
   WS_1008_POLICY_VIOLATION,
@@ -43,7 +50,8 @@ import {
   type PgpulseEvent,
   type ResetReason,
 } from "./protocol.js";
-import { refreshDelay, resolveToken, type TokenSource } from "./token.js";
+import type { HttpOptions } from "./http.js";
+import { refreshDelay, resolveOptionalToken, resolveToken, type TokenSource } from "./token.js";
 
 /**
  * Where the client stands.
@@ -83,8 +91,13 @@ export type WebSocketConstructor = new (url: string) => WebSocketLike;
 export interface PgpulseClientOptions {
   /** The server's base URL, e.g. `https://events.example.com` (http(s) or ws(s); relative in a browser). */
   readonly url: string;
-  /** A JWT, or a function returning one; a function lets a refused or expired token be replaced. */
-  readonly token: TokenSource;
+  /**
+   * A JWT, or a function returning one; a function lets a refused or expired
+   * token be replaced. None: the page's cookies authenticate the WebSocket
+   * (an app that embeds pgpulse on its own origin); a refusal then stops the
+   * client until `connect()`, e.g. after the user signs in again.
+   */
+  readonly token?: TokenSource;
   /** Topics to receive; default: every topic the token allows. */
   readonly topics?: readonly string[];
   /** Resume after this id (e.g. one the app persisted); default: from now. */
@@ -116,6 +129,20 @@ export interface Disconnect {
   readonly retryInMs: number | null;
 }
 
+/** The server's answer to `subscribe` or `unsubscribe`. */
+export interface TopicsAnswer {
+  /** The topics the request named. */
+  readonly topics: readonly string[];
+  /**
+   * After `subscribe`: the new topics' events after this id come on this
+   * connection (read older ones with `listEvents`). After `unsubscribe`: their
+   * events up to this id may have come, none after it. `null` when no socket
+   * was open: the change applies to the next connection, which resumes from
+   * `lastEventId` for every topic.
+   */
+  readonly lastEventId: number | null;
+}
+
 /** Something went wrong that the application may want to log; the client carries on. */
 export class PgpulseClientError extends Error {
   override readonly name = "PgpulseClientError";
@@ -139,6 +166,8 @@ export interface ClientEvents {
   reset: { readonly reason: ResetReason };
   disconnect: Disconnect;
   error: PgpulseClientError;
+  /** A joined topic's members changed (its whole state, after each change). */
+  presence: PresenceState;
 }
 
 export type ClientEventKind = keyof ClientEvents;
@@ -152,6 +181,41 @@ const SOCKET_OPEN = 1; // WebSocket.OPEN, the same in every implementation
 type Listener<K extends ClientEventKind> = (value: ClientEvents[K]) => void;
 type EventEntry = { readonly listener: (event: PgpulseEvent) => void; readonly filter?: EventFilter };
 type Refusal = "unauthorized" | "forbidden";
+/** A request sent with a `ref`, waiting for the answer that carries it. */
+interface PendingRequest {
+  readonly frame: { readonly op: string; readonly ref: number; readonly [field: string]: unknown };
+  /** The server's answer, or null when the socket went away before it came. */
+  readonly answer: (control: ControlFrame | null) => void;
+  /** The server refused it (an `error` frame). */
+  readonly refuse: (error: PgpulseClientError) => void;
+}
+
+/** One member of a topic's presence. */
+export interface PresenceMember<TInfo = unknown> {
+  /** The member's id: one per connection. */
+  readonly id: string;
+  /** The user of its token (`sub`), verified by the server; null without one. */
+  readonly userId: string | null;
+  /** What the member's client said about itself (not verified), or null. */
+  readonly info: TInfo | null;
+  /** ISO-8601 time it joined. */
+  readonly joinedAt: string;
+}
+
+/** A topic's presence as this client knows it. */
+export interface PresenceState<TInfo = unknown> {
+  readonly topic: string;
+  /** In the order they joined. */
+  readonly members: readonly PresenceMember<TInfo>[];
+  /** This client's own member id, once the server has answered its join. */
+  readonly self: string | null;
+}
+
+interface JoinedTopic {
+  info: unknown;
+  members: Map<string, PresenceMember>;
+  self: string | null;
+}
 
 export class PgpulseClient {
   readonly #options: PgpulseClientOptions;
@@ -164,10 +228,21 @@ export class PgpulseClient {
     reset: new Set(),
     disconnect: new Set(),
     error: new Set(),
+    presence: new Set(),
   };
 
   #status: Status = "idle";
   #cursor: number | undefined;
+  #topics: readonly string[] | undefined;
+  #nextRef = 1;
+  /** Sent, waiting for the server's answer, by ref. */
+  readonly #requests = new Map<number, PendingRequest>();
+  /** Waiting for the socket being opened. */
+  #unsent: PendingRequest[] = [];
+  /** The topics whose presence it joined: joined again on every new connection. */
+  readonly #joined = new Map<string, JoinedTopic>();
+  /** The socket has said `ready`: requests go straight to it. */
+  #live = false;
   #socket: WebSocketLike | null = null;
   // Bumped by every attempt and by close(): an async step that finds it
   // changed belongs to an attempt that was abandoned, and does nothing.
@@ -177,10 +252,10 @@ export class PgpulseClient {
   #deadlineTimer: ReturnType<typeof setTimeout> | null = null;
   #refreshTimer: ReturnType<typeof setTimeout> | null = null;
   /** The token the current connection is living on (the last one the server accepted). */
-  #token: string | null = null;
+  #token: string | undefined;
   #wasLive = false;
   #resetPending = false;
-  #refused: { readonly token: string; readonly status: Refusal } | null = null;
+  #refused: { readonly token: string | undefined; readonly status: Refusal } | null = null;
 
   constructor(options: PgpulseClientOptions) {
     const WebSocketImpl = options.WebSocket ?? globalWebSocket();
@@ -196,7 +271,8 @@ export class PgpulseClient {
     this.#WebSocket = WebSocketImpl;
     this.#backoff = new Backoff(options.backoff);
     this.#cursor = options.lastEventId;
-    endpoint(options, "", undefined); // reject a malformed URL now, not on the first attempt
+    this.#topics = options.topics === undefined || options.topics.length === 0 ? undefined : checkTopics(options.topics);
+    endpoint(options, undefined, this.#topics, undefined); // reject a malformed URL now, not on the first attempt
     if (options.autoConnect !== false) {
       this.connect();
     }
@@ -209,6 +285,183 @@ export class PgpulseClient {
   /** The resume point: the newest id delivered or skipped; undefined before the first `ready` unless given. */
   get lastEventId(): number | undefined {
     return this.#cursor;
+  }
+
+  /** Its server and token, for the HTTP helpers: `getJob({ ...client.http, jobId })`. */
+  get http(): HttpOptions {
+    return { url: this.#options.url, token: this.#options.token };
+  }
+
+  /** The topics it reads: undefined means every topic the token allows. */
+  get topics(): readonly string[] | undefined {
+    return this.#topics;
+  }
+
+  /**
+   * Add topics on the open socket, without reconnecting. Their events come
+   * from now, or with `lastEventId` from after it (but never before events
+   * the socket has already delivered, which would break the id order: read
+   * those with `listEvents`). Resolves with the server's answer; rejects when
+   * it refuses (a topic the token does not allow), and the topics stay as
+   * they were. A client of every topic already has them all.
+   */
+  subscribe(topics: readonly string[], options: { readonly lastEventId?: number } = {}): Promise<TopicsAnswer> {
+    const wanted = checkTopics(topics);
+    const { lastEventId } = options;
+    if (lastEventId !== undefined && !(Number.isSafeInteger(lastEventId) && lastEventId >= 0)) {
+      throw new RangeError(`lastEventId must be a non-negative integer, got ${String(lastEventId)}`);
+    }
+    const before = this.#topics;
+    const added = before === undefined ? [] : wanted.filter((topic) => !before.includes(topic));
+    if (before !== undefined) this.#topics = [...before, ...added];
+    const undo = (): void => {
+      if (this.#topics !== undefined) this.#topics = this.#topics.filter((topic) => !added.includes(topic));
+    };
+    const frame = { op: "subscribe", topics: wanted, ...(lastEventId === undefined ? {} : { last_event_id: lastEventId }) };
+    return this.#topicRequest(frame, wanted, undo);
+  }
+
+  /** Drop topics on the open socket, without reconnecting. Needs a client created with `topics`. */
+  unsubscribe(topics: readonly string[]): Promise<TopicsAnswer> {
+    const dropped = checkTopics(topics);
+    const before = this.#topics;
+    if (before === undefined) {
+      return Promise.reject(
+        new RangeError("this client reads every topic the token allows: create it with topics to drop some later"),
+      );
+    }
+    const removed = before.filter((topic) => dropped.includes(topic));
+    this.#topics = before.filter((topic) => !dropped.includes(topic));
+    const undo = (): void => {
+      if (this.#topics !== undefined) this.#topics = [...this.#topics, ...removed.filter((t) => !this.#topics?.includes(t))];
+    };
+    return this.#topicRequest({ op: "unsubscribe", topics: dropped }, dropped, undo);
+  }
+
+  /**
+   * Read exactly `topics` from now on (undefined: every topic the token
+   * allows): subscribes and unsubscribes the difference on the open socket.
+   * Only a change to or from "every topic" reconnects (resuming exactly).
+   */
+  async setTopics(topics: readonly string[] | undefined): Promise<void> {
+    const wanted = topics === undefined || topics.length === 0 ? undefined : checkTopics(topics);
+    const current = this.#topics;
+    if (sameTopics(current, wanted)) return;
+    if (current === undefined || wanted === undefined) {
+      this.#topics = wanted;
+      if (this.#socket !== null) {
+        this.#dropSocket(WS_1000_NORMAL_CLOSURE, "topics changed");
+        void this.#attempt();
+      }
+      return;
+    }
+    const add = wanted.filter((topic) => !current.includes(topic));
+    const drop = current.filter((topic) => !wanted.includes(topic));
+    await Promise.all([
+      drop.length > 0 ? this.unsubscribe(drop) : undefined,
+      add.length > 0 ? this.subscribe(add) : undefined,
+    ]);
+  }
+
+  /**
+   * Be present in `topic` (`info`: what others see of this client, any JSON
+   * up to the server's limit, 1 KiB by default) until `leavePresence`; joining
+   * again updates `info`. Presence belongs to a connection, so the client
+   * joins again on every new one. Its members come in `presence` events and
+   * from `presence(topic)`. Rejects when the server refuses (a topic the token
+   * does not allow, a full topic, `info` too big), and the topic is not joined.
+   */
+  joinPresence(topic: string, info?: unknown): Promise<void> {
+    const [name] = checkTopics([topic]);
+    const joined = this.#joined.get(topic);
+    if (joined === undefined) this.#joined.set(topic, { info, members: new Map(), self: null });
+    else joined.info = info;
+    if (!this.#live) return Promise.resolve(); // joined once the connection is live
+    return new Promise((resolve, reject) => {
+      this.#request(this.#socket, presenceJoinFrame(name ?? topic, info), {
+        answer: () => resolve(),
+        refuse: (error) => {
+          if (joined === undefined) this.#joined.delete(topic);
+          reject(error);
+        },
+      });
+    });
+  }
+
+  /** Stop being present in `topic`. */
+  leavePresence(topic: string): Promise<void> {
+    if (!this.#joined.delete(topic) || !this.#live) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      this.#request(this.#socket, { op: "presence.leave", topic }, { answer: () => resolve(), refuse: reject });
+    });
+  }
+
+  /** The members of `topic` now, asked of the server (joined or not). */
+  getPresence<TInfo = unknown>(topic: string): Promise<readonly PresenceMember<TInfo>[]> {
+    checkTopics([topic]);
+    if (this.#socket === null) return Promise.reject(new PgpulseClientError("not connected", "socket"));
+    return new Promise((resolve, reject) => {
+      this.#request(this.#socket, { op: "presence.get", topic }, {
+        answer: (control) =>
+          control?.op === "presence"
+            ? resolve(control.members.map(memberFromWire) as PresenceMember<TInfo>[])
+            : reject(new PgpulseClientError("the connection closed before the server answered", "socket")),
+        refuse: reject,
+      });
+    });
+  }
+
+  /** A joined topic's members, as this client knows them; undefined for a topic it did not join. */
+  presence<TInfo = unknown>(topic: string): PresenceState<TInfo> | undefined {
+    const joined = this.#joined.get(topic);
+    return joined === undefined ? undefined : presenceState(topic, joined) as PresenceState<TInfo>;
+  }
+
+  #topicRequest(
+    frame: { readonly op: string; readonly topics: readonly string[] },
+    topics: readonly string[],
+    undo: () => void,
+  ): Promise<TopicsAnswer> {
+    if (this.#socket === null) return Promise.resolve({ topics, lastEventId: null });
+    return new Promise((resolve, reject) => {
+      this.#request(this.#socket, frame, {
+        answer: (control) =>
+          resolve(
+            control !== null && (control.op === "subscribed" || control.op === "unsubscribed")
+              ? { topics: control.topics, lastEventId: control.last_event_id }
+              : { topics, lastEventId: null },
+          ),
+        refuse: (error) => {
+          undo();
+          reject(error);
+        },
+      });
+    });
+  }
+
+  /** Send `frame` with a new ref on `socket` (once it is open), and route its answer. */
+  #request(
+    socket: WebSocketLike | null,
+    frame: { readonly op: string; readonly [field: string]: unknown },
+    handlers: Pick<PendingRequest, "answer" | "refuse">,
+  ): void {
+    const request: PendingRequest = { frame: { ...frame, ref: this.#nextRef++ }, ...handlers };
+    if (socket === null) request.answer(null);
+    else if (socket.readyState === SOCKET_OPEN) this.#send(socket, request);
+    else this.#unsent.push(request);
+  }
+
+  #send(socket: WebSocketLike, request: PendingRequest): void {
+    this.#requests.set(request.frame.ref, request);
+    socket.send(JSON.stringify(request.frame));
+  }
+
+  /** The socket is gone: what was asked of it applies to the next one (its URL, its joins). */
+  #settleRequests(): void {
+    const requests = [...this.#requests.values(), ...this.#unsent];
+    this.#requests.clear();
+    this.#unsent = [];
+    for (const request of requests) request.answer(null);
   }
 
   /**
@@ -258,9 +511,9 @@ export class PgpulseClient {
 
   async #attempt(): Promise<void> {
     const generation = ++this.#generation;
-    let token: string;
+    let token: string | undefined;
     try {
-      token = await resolveToken(this.#options.token);
+      token = await resolveOptionalToken(this.#options.token);
     } catch (cause) {
       if (generation !== this.#generation) return;
       this.#emit("error", new PgpulseClientError(`token provider failed: ${describe(cause)}`, "token", { cause }));
@@ -278,7 +531,7 @@ export class PgpulseClient {
 
     let socket: WebSocketLike;
     try {
-      socket = new this.#WebSocket(endpoint(this.#options, token, this.#cursor));
+      socket = new this.#WebSocket(endpoint(this.#options, token, this.#topics, this.#cursor));
     } catch (cause) {
       this.#emit("error", new PgpulseClientError(`cannot open a WebSocket: ${describe(cause)}`, "socket", { cause }));
       this.#scheduleRetry();
@@ -291,7 +544,11 @@ export class PgpulseClient {
     let handshakeRefusal: Refusal | null = null;
 
     socket.onopen = () => {
-      if (socket === this.#socket) this.#armKeepalive(socket);
+      if (socket !== this.#socket) return;
+      this.#armKeepalive(socket);
+      const unsent = this.#unsent;
+      this.#unsent = [];
+      for (const request of unsent) this.#send(socket, request);
     };
     socket.onmessage = (message) => {
       if (socket !== this.#socket) return;
@@ -316,8 +573,10 @@ export class PgpulseClient {
     socket.onclose = ({ code, reason }) => {
       if (socket !== this.#socket) return;
       this.#socket = null;
+      this.#live = false;
       this.#clearKeepalive();
       this.#clearRefresh();
+      this.#settleRequests();
       const refusal = handshakeRefusal ?? (code === WS_1008_POLICY_VIOLATION && !live ? refusalOf(reason) : null);
       this.#afterClose(code, reason, refusal === null ? null : { token, status: refusal });
     };
@@ -355,15 +614,48 @@ export class PgpulseClient {
         this.#refused = null;
         this.#backoff.reset();
         this.#setStatus("open");
+        this.#live = true;
+        this.#rejoin();
         this.#emit("ready", { lastEventId: this.#cursor });
         break;
       case "reset":
         this.#resetPending = true;
         this.#emit("reset", { reason: control.reason });
         break;
-      case "error":
-        this.#emit("error", new PgpulseClientError(`server: ${control.message}`, "server"));
+      case "error": {
+        const error = new PgpulseClientError(`server: ${control.message}`, "server");
+        this.#answered(control.ref)?.refuse(error);
+        this.#emit("error", error);
         break;
+      }
+      case "subscribed":
+      case "unsubscribed":
+        this.#answered(control.ref)?.answer(control);
+        break;
+      case "presence": {
+        const joined = control.self === undefined ? undefined : this.#joined.get(control.topic);
+        if (joined !== undefined) {
+          joined.members = new Map(control.members.map((member) => [member.id, memberFromWire(member)]));
+          joined.self = control.self ?? null;
+          this.#emit("presence", presenceState(control.topic, joined));
+        }
+        this.#answered(control.ref)?.answer(control);
+        break;
+      }
+      case "presence.joined":
+      case "presence.left": {
+        const answer = this.#answered(control.ref);
+        if (answer !== undefined) {
+          answer.answer(control); // the answer to our own leave
+          break;
+        }
+        const joined = this.#joined.get(control.topic);
+        if (joined === undefined) break;
+        if (control.op === "presence.joined") joined.members.set(control.member.id, memberFromWire(control.member));
+        else joined.members.delete(control.member.id);
+        this.#emit("presence", presenceState(control.topic, joined));
+        break;
+      }
       case "pong":
       case "refreshed":
         break;
@@ -371,7 +663,24 @@ export class PgpulseClient {
     return control;
   }
 
-  #afterClose(code: number, reason: string, refused: { token: string; status: Refusal } | null): void {
+  #answered(ref: Ref | undefined): PendingRequest | undefined {
+    if (typeof ref !== "number") return undefined;
+    const request = this.#requests.get(ref);
+    this.#requests.delete(ref);
+    return request;
+  }
+
+  /** Presence belongs to a connection: a new one joins every topic the client is present in. */
+  #rejoin(): void {
+    for (const [topic, joined] of this.#joined) {
+      this.#request(this.#socket, presenceJoinFrame(topic, joined.info), {
+        answer: () => undefined,
+        refuse: () => this.#joined.delete(topic), // reported on the "error" listeners
+      });
+    }
+  }
+
+  #afterClose(code: number, reason: string, refused: { token: string | undefined; status: Refusal } | null): void {
     if (refused !== null) {
       this.#refused = refused;
       // Only a function can come up with another token; a fixed one stops here.
@@ -411,7 +720,7 @@ export class PgpulseClient {
     this.#clearRefresh();
     const source = this.#options.token;
     const current = this.#token;
-    if (typeof source !== "function" || current === null) return;
+    if (typeof source !== "function" || current === undefined) return;
     const delay = refreshDelay(current);
     if (delay === undefined) return;
     this.#refreshTimer = setTimeout(() => {
@@ -468,8 +777,10 @@ export class PgpulseClient {
   #dropSocket(code: number, reason: string): void {
     const socket = this.#socket;
     this.#socket = null;
+    this.#live = false;
     this.#clearKeepalive();
     this.#clearRefresh();
+    this.#settleRequests();
     if (socket === null) return;
     socket.onopen = socket.onmessage = socket.onclose = null;
     // A `ws` socket closed while connecting reports an error; with no handler Node would throw it.
@@ -506,7 +817,12 @@ export class PgpulseClient {
 }
 
 /** The `/ws` URL of one attempt: token, topics and resume point go in the query, the only place a browser can put them. */
-function endpoint(options: PgpulseClientOptions, token: string, lastEventId: number | undefined): string {
+function endpoint(
+  options: PgpulseClientOptions,
+  token: string | undefined,
+  topics: readonly string[] | undefined,
+  lastEventId: number | undefined,
+): string {
   const base = new URL(options.url, typeof location === "undefined" ? undefined : location.href);
   if (base.protocol === "http:") base.protocol = "ws:";
   else if (base.protocol === "https:") base.protocol = "wss:";
@@ -516,14 +832,44 @@ function endpoint(options: PgpulseClientOptions, token: string, lastEventId: num
   base.pathname = base.pathname.replace(/\/+$/, "") + (options.path ?? DEFAULT_PATH);
   base.search = "";
   base.hash = "";
-  base.searchParams.set("token", token);
-  if (options.topics !== undefined && options.topics.length > 0) {
-    base.searchParams.set("topics", options.topics.join(","));
+  if (token !== undefined) base.searchParams.set("token", token);
+  if (topics !== undefined && topics.length > 0) {
+    base.searchParams.set("topics", topics.join(","));
   }
   if (lastEventId !== undefined) {
     base.searchParams.set("last_event_id", String(lastEventId));
   }
   return base.toString();
+}
+
+function memberFromWire(member: WireMember): PresenceMember {
+  return { id: member.id, userId: member.user_id ?? null, info: member.info ?? null, joinedAt: member.joined_at ?? "" };
+}
+
+function presenceState(topic: string, joined: JoinedTopic): PresenceState {
+  return { topic, members: [...joined.members.values()], self: joined.self };
+}
+
+function presenceJoinFrame(topic: string, info: unknown): { readonly op: string; readonly [field: string]: unknown } {
+  return info === undefined ? { op: "presence.join", topic } : { op: "presence.join", topic, info };
+}
+
+/** Topic names as the server takes them: non-empty strings, no commas (the URL joins them with commas). */
+function checkTopics(topics: readonly string[]): string[] {
+  if (!Array.isArray(topics) || topics.length === 0) {
+    throw new TypeError("topics must be a non-empty array of topic names");
+  }
+  for (const topic of topics) {
+    if (typeof topic !== "string" || topic === "" || topic.includes(",")) {
+      throw new TypeError(`a topic must be a non-empty string without commas, got ${JSON.stringify(topic)}`);
+    }
+  }
+  return [...new Set(topics)];
+}
+
+function sameTopics(a: readonly string[] | undefined, b: readonly string[] | undefined): boolean {
+  if (a === undefined || b === undefined) return a === b;
+  return a.length === b.length && a.every((topic) => b.includes(topic));
 }
 
 function matches(event: PgpulseEvent, filter: EventFilter | undefined): boolean {

@@ -15,7 +15,10 @@ export {
   type Disconnect,
   type EventFilter,
   type PgpulseClientOptions,
+  type PresenceMember,
+  type PresenceState,
   type Status,
+  type TopicsAnswer,
   type Unsubscribe,
   type WebSocketConstructor,
   type WebSocketLike,
@@ -24,13 +27,20 @@ export type { BackoffOptions } from "./backoff.js";
 export {
   createNotification,
   getJob,
+  getPosition,
+  listEvents,
+  listJobs,
   listNotifications,
   publishEvent,
   submitJob,
   PgpulseHttpError,
+  PgpulseOriginError,
   type EventToPublish,
+  type EventsPage,
+  type EventsQuery,
   type HttpOptions,
   type JobSnapshot,
+  type JobsPage,
   type JobStatus,
   type JobToSubmit,
   type NotificationCreated,
@@ -52,4 +62,5 @@ export {
   type NotificationData,
   type NotificationItem,
 } from "./notifications.js";
-export { applyJobEvent, type JobItem, type JobState } from "./aiJobs.js";
+export { applyJobEvent, jobFromSnapshot, mergeJobSnapshots, type JobItem, type JobState } from "./aiJobs.js";
+export { appendAt, applyJobViewEvent, jobViewFromSnapshot, type JobView } from "./jobView.js";

@@ -11,11 +11,16 @@
 export interface PgpulseEvent<TData = unknown> {
   /** The tenant's sequence number: strictly increasing on a connection and across resumes. */
   readonly id: number;
+  /**
+   * What `publish` returned for this event (unique in the database), so a
+   * publisher can recognise its own event. Its id is taken at commit.
+   */
+  readonly key: number;
   readonly tenant_id: string;
   readonly topic: string;
   readonly type: string;
   readonly data: TData;
-  /** ISO-8601 UTC time the event was published. */
+  /** ISO-8601 UTC time the event was committed. */
   readonly ts: string;
   /** Present when the event targets one user (the token's `sub`). */
   readonly user_id?: string;
@@ -41,10 +46,12 @@ export interface PongFrame {
   readonly op: "pong";
 }
 
-/** The answer to a malformed client frame; the connection stays open. */
+/** The answer to a malformed or refused client frame; the connection stays open. */
 export interface ErrorFrame {
   readonly op: "error";
   readonly message: string;
+  /** The `ref` of the request it answers, when it had one. */
+  readonly ref?: Ref;
 }
 
 /** The answer to `{"op": "refresh"}`: the connection now lives until `exp` (Unix seconds). */
@@ -53,7 +60,65 @@ export interface RefreshedFrame {
   readonly exp: number | null;
 }
 
-export type ControlFrame = ReadyFrame | ResetFrame | PongFrame | ErrorFrame | RefreshedFrame;
+
+/** What a client may put in a request's `ref` to match the answer to it. */
+export type Ref = string | number;
+
+/**
+ * The answer to `{"op": "subscribe"}`: the new topics' events after
+ * `last_event_id` come on this connection; older ones are for `GET /api/events`.
+ */
+export interface SubscribedFrame {
+  readonly op: "subscribed";
+  readonly topics: readonly string[];
+  readonly last_event_id: number;
+  readonly ref?: Ref;
+}
+
+/** The answer to `{"op": "unsubscribe"}`: the topics' events up to `last_event_id` may have come, none after. */
+export interface UnsubscribedFrame {
+  readonly op: "unsubscribed";
+  readonly topics: readonly string[];
+  readonly last_event_id: number;
+  readonly ref?: Ref;
+}
+
+/** A presence member as the server sends it. */
+export interface WireMember {
+  readonly id: string;
+  readonly user_id: string | null;
+  readonly info: unknown;
+  readonly joined_at: string;
+}
+
+/** A topic's presence: the answer to `presence.join` (with `self`) and to `presence.get`. */
+export interface PresenceFrame {
+  readonly op: "presence";
+  readonly topic: string;
+  readonly members: readonly WireMember[];
+  /** This connection's member id, when it is a member. */
+  readonly self?: string;
+  readonly ref?: Ref;
+}
+
+/** Another member joined (or changed its info), or left; with `ref`, the answer to our own leave. */
+export interface PresenceChangeFrame {
+  readonly op: "presence.joined" | "presence.left";
+  readonly topic: string;
+  readonly member: WireMember;
+  readonly ref?: Ref;
+}
+
+export type ControlFrame =
+  | ReadyFrame
+  | ResetFrame
+  | PongFrame
+  | ErrorFrame
+  | SubscribedFrame
+  | UnsubscribedFrame
+  | PresenceFrame
+  | PresenceChangeFrame
+  | RefreshedFrame;
 
 export type Frame =
   | { readonly kind: "event"; readonly event: PgpulseEvent }
@@ -119,12 +184,48 @@ function toControl(value: Record<string, unknown>): ControlFrame | null {
     case "pong":
       return { op: "pong" };
     case "error":
-      return { op: "error", message: typeof value.message === "string" ? value.message : "" };
+      return {
+        op: "error",
+        message: typeof value.message === "string" ? value.message : "",
+        ...refOf(value),
+      };
+    case "subscribed":
+    case "unsubscribed":
+      return isStringArray(value.topics) && typeof value.last_event_id === "number"
+        ? { op: value.op, topics: value.topics, last_event_id: value.last_event_id, ...refOf(value) }
+        : null;
+    case "presence":
+      return typeof value.topic === "string" && Array.isArray(value.members) && value.members.every(isMember)
+        ? {
+            op: "presence",
+            topic: value.topic,
+            members: value.members,
+            ...(typeof value.self === "string" ? { self: value.self } : {}),
+            ...refOf(value),
+          }
+        : null;
+    case "presence.joined":
+    case "presence.left":
+      return typeof value.topic === "string" && isMember(value.member)
+        ? { op: value.op, topic: value.topic, member: value.member, ...refOf(value) }
+        : null;
     case "refreshed":
       return { op: "refreshed", exp: typeof value.exp === "number" ? value.exp : null };
     default:
       return null;
   }
+}
+
+function isMember(value: unknown): value is WireMember {
+  return isRecord(value) && typeof value.id === "string";
+}
+
+function refOf(value: Record<string, unknown>): { ref?: Ref } {
+  return typeof value.ref === "string" || typeof value.ref === "number" ? { ref: value.ref } : {};
+}
+
+function isStringArray(value: unknown): value is string[] {
+  return Array.isArray(value) && value.every((item) => typeof item === "string");
 }
 
 function isRecord(value: unknown): value is Record<string, unknown> {

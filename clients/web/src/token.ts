@@ -41,3 +41,8 @@ export function refreshDelay(token: string, now: number = Date.now()): number | 
   const remaining = Math.max(0, expiry - now);
   return Math.max(0, remaining - Math.min(REFRESH_AHEAD_MS, remaining / 4));
 }
+
+/** The token to use now, or undefined when there is none (the page's cookies authenticate instead). */
+export async function resolveOptionalToken(source: TokenSource | undefined): Promise<string | undefined> {
+  return source === undefined ? undefined : resolveToken(source);
+}

@@ -33,7 +33,7 @@ function trackedWebSocket(): { WebSocket: WebSocketConstructor; sockets: { url: 
 
 const recorders: Recorder[] = [];
 
-function connect(options: Partial<PgpulseClientOptions> & Pick<PgpulseClientOptions, "token">): Recorder {
+function connect(options: Partial<PgpulseClientOptions>): Recorder {
   const client = new PgpulseClient({ url, WebSocket, backoff: FAST_BACKOFF, ...options });
   const recorder = new Recorder(client);
   recorders.push(recorder);
@@ -150,6 +150,27 @@ describe("PgpulseClient", () => {
 
     const expired = connect({ token: mintToken({ tenant_id: uniqueTenant("exp"), ttlSeconds: -60 }) });
     await expired.status("unauthorized");
+  });
+
+  it("without a token sends none (cookies authenticate), and stops when refused", async () => {
+    // pgpulse serve authenticates by token only, so a cookie-less socket is refused:
+    // the client must neither invent a token nor retry what cannot change by itself.
+    const tracked = trackedWebSocket();
+    const recorder = connect({ token: undefined, WebSocket: tracked.WebSocket });
+    await recorder.status("unauthorized");
+    await new Promise((resolve) => setTimeout(resolve, NO_RETRY_WINDOW_MS));
+    expect(recorder.client.status).toBe("unauthorized");
+    expect(tracked.sockets).toHaveLength(1);
+    expect(new URL(tracked.sockets[0]?.url ?? "").searchParams.has("token")).toBe(false);
+
+    const sent: (string | null)[] = [];
+    const recordingFetch: typeof fetch = (input, init) => {
+      sent.push(new Headers(init?.headers).get("authorization"));
+      return fetch(input, init);
+    };
+    const refused = listNotifications({ url, fetch: recordingFetch });
+    await expect(refused).rejects.toMatchObject({ status: 401 });
+    expect(sent).toEqual([null]);
   });
 
   it("retries a refused token only when the token function gives a new one", async () => {

@@ -9,7 +9,7 @@ import WebSocket from "ws";
 
 import { applyJobEvent, type JobItem } from "../src/aiJobs.js";
 import { PgpulseClient } from "../src/client.js";
-import { getJob, submitJob, PgpulseHttpError } from "../src/http.js";
+import { getJob, listJobs, submitJob, PgpulseHttpError } from "../src/http.js";
 import type { PgpulseEvent } from "../src/protocol.js";
 import { Recorder } from "./support/recorder.js";
 import { startWorker, type RunningWorker } from "./support/server.js";
@@ -158,5 +158,23 @@ describe("jobs", () => {
     await expect(malformed).rejects.toBeInstanceOf(PgpulseHttpError);
     await expect(malformed).rejects.toMatchObject({ status: 422, body: expect.stringContaining("kind") });
     await expect(submitJob({ url, token: "not-a-jwt", kind: "echo" })).rejects.toMatchObject({ status: 401 });
+  });
+
+  it("lists the token's recent jobs, newest first, paged", async () => {
+    const tenant = uniqueTenant("jobs-list");
+    const alice = mintToken({ tenant_id: tenant, sub: "alice", scope: "jobs" });
+    const shared = mintToken({ tenant_id: tenant, scope: "jobs" });
+    const submitted: string[] = [];
+    for (const token of [alice, shared, mintToken({ tenant_id: tenant, sub: "bob", scope: "jobs" }), alice]) {
+      submitted.push((await submitJob({ url, token, kind: "no-such-kind", input: {} })).jobId);
+    }
+    const first = await listJobs({ url, token: alice }, { limit: 2 });
+    expect(first.jobs.map((job) => job.jobId)).toEqual([submitted[3], submitted[1]]);
+    expect(first.more).toBe(true);
+    expect(first.jobs[0]).toMatchObject({ status: "queued", kind: "no-such-kind", attempts: 0, startedAt: null });
+    const rest = await listJobs({ url, token: alice }, { before: first.jobs.at(-1)?.jobId, limit: 2 });
+    expect(rest.jobs.map((job) => job.jobId)).toEqual([submitted[0]]);
+    expect(rest.more).toBe(false);
+    expect((await listJobs({ url, token: shared })).jobs.map((job) => job.jobId)).toEqual([submitted[1]]);
   });
 });

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ..cors import origin_report
 from ..sql import QUERIES
 from .deps import RuntimeDep
 
@@ -19,8 +20,14 @@ READY_TIMEOUT = 2.0  # seconds for the database probe
 
 
 @router.get("/healthz")
-async def healthz(runtime: RuntimeDep) -> dict[str, object]:
-    return {"status": "ok", "insecure_dev": runtime.settings.insecure_dev}
+async def healthz(request: Request, runtime: RuntimeDep) -> Response:
+    """Readable from any page (nothing here is private); says whether the page's origin
+    may call the HTTP API, which a browser cannot learn from a refused call."""
+    body: dict[str, object] = {"status": "ok", "insecure_dev": runtime.settings.insecure_dev}
+    origin = request.headers.get("origin")
+    if origin is not None:
+        body["origin"] = origin_report(origin, runtime.settings.allowed_origins)
+    return JSONResponse(body, headers={"Access-Control-Allow-Origin": "*"})
 
 
 @router.get("/readyz")

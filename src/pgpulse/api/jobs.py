@@ -1,20 +1,22 @@
-"""``POST /api/jobs`` and ``GET /api/jobs/{job_id}``: submit long work, follow it.
+"""``POST /api/jobs``, ``GET /api/jobs`` and ``GET /api/jobs/{job_id}``: submit
+long work, follow it.
 
 The job's events (topic ``ai_jobs``) reach the submitter's connections as
-the worker reports; this endpoint is for a client that (re)loads its view.
-A job submitted with a token that names a user (``sub``) is that user's.
+the worker reports; the GET endpoints are for a client that (re)loads its
+view. A job submitted with a token that names a user (``sub``) is that
+user's; a token reads its tenant's shared jobs and its own user's.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import InvalidJob
 from ..events import MAX_NAME_LENGTH
-from ..jobs import JobState, get_job, parse_job_id, submit_job
+from ..jobs import JobState, get_job, list_jobs, parse_job_id, submit_job
 from .deps import PrincipalDep, RuntimeDep, json_body_docs, read_model
 
 router = APIRouter()
@@ -34,6 +36,14 @@ class JobIn(BaseModel):
 
 class JobAccepted(BaseModel):
     job_id: str
+
+
+class JobsPage(BaseModel):
+    jobs: list[JobState] = Field(description="newest first")
+    more: bool = Field(description="whether older jobs follow: pass the last job_id as before")
+
+
+MAX_JOBS_PAGE = 100
 
 
 @router.post(
@@ -67,6 +77,25 @@ async def create_job(
     runtime.metrics.jobs_submitted.inc()
     response.headers["Location"] = f"/api/jobs/{job_id}"
     return JobAccepted(job_id=job_id)
+
+
+@router.get("/api/jobs", response_model=JobsPage)
+async def read_jobs(
+    runtime: RuntimeDep,
+    principal: PrincipalDep,
+    before: str | None = Query(default=None, description="a job_id: only jobs created before it"),
+    limit: int = Query(default=20, ge=1, le=MAX_JOBS_PAGE),
+) -> JobsPage:
+    """The recent jobs this token may read: its tenant's shared ones and, with a
+    ``sub``, its user's; newest first."""
+    cursor = None
+    if before is not None:
+        cursor = parse_job_id(before)
+        if cursor is None:
+            raise HTTPException(422, f"before: not a job id: {before[:40]!r}")
+    async with runtime.pool.connection() as conn:
+        jobs, more = await list_jobs(conn, principal.tenant_id, principal.user_id, cursor, limit)
+    return JobsPage(jobs=jobs, more=more)
 
 
 @router.get("/api/jobs/{job_id}", response_model=JobState)

@@ -1,22 +1,33 @@
-"""The seed's notification endpoints: a stored message and its event, in one transaction."""
+"""The seed's notification endpoints: a stored message and its event, in one transaction.
+
+``POST /api/notifications`` takes the same path as ``POST /api/events``: it
+is served ahead of FastAPI's layers (:class:`pgpulse.routes.DirectRoutes`)
+and joins the group commit, where many requests share one transaction and
+one NOTIFY per tenant; the row and its event are written by one statement.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from fastapi import APIRouter, HTTPException, Query, Request
+import orjson
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import BaseModel, Field, field_validator
 
+from ..auth import Principal
+from ..errors import InvalidEvent
 from ..limits import MAX_ID
-from ..publish import publish
+from ..publish import MAX_MESSAGE_LENGTH, NewNotification
+from ..runtime import Runtime
 from ..sql import QUERIES
-from .deps import PrincipalDep, RuntimeDep, json_body_docs, read_model
+from .deps import PrincipalDep, RuntimeDep, direct_route, json_body_docs, read_model
 
 router = APIRouter()
 
 
 class NotificationIn(BaseModel):
-    message: str = Field(min_length=1, max_length=100_000)
+    message: str = Field(min_length=1, max_length=MAX_MESSAGE_LENGTH)
 
     @field_validator("message")
     @classmethod
@@ -46,28 +57,32 @@ class Notification(BaseModel):
 )
 async def create_notification(
     request: Request, runtime: RuntimeDep, principal: PrincipalDep
-) -> NotificationCreated:
-    # The token is checked (by the dependency) before a byte of the body is read.
+) -> Response:
+    """The route as the app declares it (DirectRoutes serves it ahead of the app)."""
+    body = await notify_request(request, runtime, principal)
+    return Response(orjson.dumps(body), 201, media_type="application/json")
+
+
+async def notify_request(
+    request: Request, runtime: Runtime, principal: Principal
+) -> dict[str, Any]:
+    """Store the body's message and publish its event for ``principal``; the 201 body."""
+    # The token is checked (by the caller) before a byte of the body is read.
     if "publish" not in principal.scopes:  # the event goes to the whole tenant
         raise HTTPException(403, "token lacks scope 'publish'")
     body = await read_model(request, NotificationIn, runtime.settings.max_payload_bytes)
-    async with runtime.pool.connection() as conn, conn.transaction():
-        cur = await conn.execute(
-            QUERIES["insert_notification"],
-            {"tenant_id": principal.tenant_id, "message": body.message},
-        )
-        row = await cur.fetchone()
-        assert row is not None
-        notification_id = int(row[0])
-        event_id = await publish(
-            conn,
-            tenant_id=principal.tenant_id,
-            topic="notifications",
-            type="notification",
-            data={"message": body.message, "notification_id": notification_id},
-        )
+    try:
+        item = NewNotification.build(principal.tenant_id, body.message)
+        with runtime.metrics.publish_seconds.time():
+            published = await runtime.publisher.publish(item)
+    except InvalidEvent as exc:
+        raise HTTPException(422, str(exc)) from None
     runtime.metrics.events_published.labels("notifications").inc()
-    return NotificationCreated(id=notification_id, event_id=event_id)
+    return {"ok": True, "id": published.notification_id, "event_id": published.event_id}
+
+
+create_notification_asgi = direct_route(notify_request, 201)
+"""``POST /api/notifications`` as a bare ASGI app, for :class:`pgpulse.routes.DirectRoutes`."""
 
 
 @router.get("/api/notifications", response_model=list[Notification])

@@ -84,6 +84,8 @@ class _Receiver:
                 conn.ready.set()
             return
         data = body.get("data")
+        if isinstance(data, dict) and isinstance(data.get("message"), str):
+            data = orjson.loads(data["message"])  # published through /api/notifications
         if not isinstance(data, dict) or "t" not in data:
             return
         t = data["t"]

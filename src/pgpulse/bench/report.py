@@ -29,6 +29,8 @@ class Row:
     target: str = ""
     check: Callable[[Any, Any], bool | None] | None = None
     """(pgpulse value, baseline value) → met, or None when it cannot be judged."""
+    versus: str | None = None
+    """Judge against pgpulse's own result in this scenario instead of the baseline's."""
 
 
 def _ratio_at_most(limit: float) -> Callable[[Any, Any], bool | None]:
@@ -52,6 +54,15 @@ def _s2(ours: Any, theirs: Any) -> bool | None:
     if not theirs:
         return None if theirs is None else True
     return bool(ours / theirs >= 20)
+
+
+def _ratio_at_least(limit: float) -> Callable[[Any, Any], bool | None]:
+    def check(ours: Any, theirs: Any) -> bool | None:
+        if ours is None or not theirs:
+            return None
+        return bool(ours / theirs >= limit)
+
+    return check
 
 
 def _s3(ours: Any, theirs: Any) -> bool | None:
@@ -89,12 +100,34 @@ ROWS = [
     Row("s1", "PostgreSQL CPU s", ("usage", "postgres_cpu_s")),
     Row("s1", "load generator CPU s", ("usage", "loadgen_cpu_s")),
     Row("s1", "server RSS MB", ("usage", "server_rss_mb")),
+    Row("s1n", "p50 latency ms", ("delivery", "latency", "p50_ms")),
+    Row(
+        "s1n",
+        "p99 latency ms",
+        ("delivery", "latency", "p99_ms"),
+        "≤ 1.2x S1 (POST /api/events)",
+        _ratio_at_most(1.2),
+        versus="s1",
+    ),
+    Row("s1n", "publishes/s", ("publish", "per_second")),
+    Row("s1n", "lost", ("delivery", "lost"), "0", _zero),
+    Row("s1n", "ids out of order", ("delivery", "out_of_order"), "0", _zero),
     Row("s2", "highest step held /s", ("highest_step_held",), "≥ 100 and ≥ 20x baseline", _s2),
     Row("s3", "accepted publishes/s", ("publish", "per_second"), "≥ 5x baseline", _s3),
     Row("s3", "deliveries/s", ("deliveries_per_s",)),
     Row("s3", "lost after drain", ("delivery", "lost"), "0", _zero),
     Row("s3", "server CPU s", ("usage", "server_cpu_s")),
     Row("s3", "PostgreSQL CPU s", ("usage", "postgres_cpu_s")),
+    Row(
+        "s3n",
+        "accepted publishes/s",
+        ("publish", "per_second"),
+        "≥ 0.8x S3 (POST /api/events)",
+        _ratio_at_least(0.8),
+        versus="s3",
+    ),
+    Row("s3n", "lost after drain", ("delivery", "lost"), "0", _zero),
+    Row("s3n", "server CPU s", ("usage", "server_cpu_s")),
     Row("s4", "lost", ("delivery", "lost"), "0", _zero),
     Row("s4", "duplicates", ("delivery", "duplicates"), "0", _zero),
     Row("s4", "recovery s", ("recovery_s",), "≤ 1 s", _within_1s),
@@ -113,6 +146,22 @@ ROWS = [
     Row("s6", "other sockets", ("other_sockets",)),
     Row("s6", "other sockets that got any frame", ("delivery", "sockets_with_frames")),
     Row("s6", "stalled socket closed by server", ("stalled", "closed")),
+    Row(
+        "s7",
+        "app transactions/s",
+        ("transactions_per_s",),
+        "≥ 0.8x baseline",
+        _ratio_at_least(0.8),
+    ),
+    Row("s7", "events delivered", ("delivery", "received")),
+    Row("s7", "lost", ("delivery", "lost"), "0", _zero),
+    Row("s7", "duplicates", ("delivery", "duplicates"), "0", _zero),
+    Row("s7", "deadlocks", ("deadlocks",), "0", _zero),
+    Row("s7", "p50 commit → frame ms", ("delivery", "latency", "p50_ms")),
+    Row("s7", "p99 commit → frame ms", ("delivery", "latency", "p99_ms")),
+    Row("s7", "p99 publish call ms", ("publish_call", "p99_ms")),
+    Row("s7", "lock-wait samples", ("locks", "samples_with_waits")),
+    Row("s7", "lock samples", ("locks", "samples")),
 ]
 
 
@@ -142,7 +191,8 @@ def comparison(results: dict[str, dict[str, Result]]) -> list[dict[str, Any]]:
             continue
         a = _get(ours[row.scenario], *row.path)
         b = _get(theirs.get(row.scenario), *row.path) if theirs else None
-        met = row.check(a, b) if row.check else None
+        judge = _get(ours.get(row.versus), *row.path) if row.versus else b
+        met = row.check(a, judge) if row.check else None
         if row.scenario == "s2" and met is False and _steps_below_target(ours["s2"], a):
             met = None  # every step was held, but the steps stop short (--quick)
         rows.append({

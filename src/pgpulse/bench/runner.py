@@ -24,10 +24,10 @@ import psutil
 from . import report
 from .database import Cluster
 from .scenarios import SCENARIOS, Context, Sizes
-from .servers import BaselineTarget, PgpulseTarget, Target, find_baseline
+from .servers import BaselineTarget, LibraryTarget, PgpulseTarget, Target, find_baseline
 
 DEFAULT_PORT = 18400
-QUICK_SCENARIOS = ("s1", "s2", "s3", "s4", "s5")
+QUICK_SCENARIOS = ("s1", "s2", "s3", "s4", "s5", "s3n", "s7")
 """``--quick`` leaves S6 out: it needs its full run to fill the stalled socket's buffers."""
 
 
@@ -41,11 +41,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline-dir", type=Path, help="folder of the baseline app.py")
     p.add_argument(
         "--scenarios",
-        help="comma-separated subset of s1..s6 [all; with --quick: s1..s5]",
+        help=f"comma-separated subset of {', '.join(SCENARIOS)} "
+        f"[all; with --quick: {', '.join(QUICK_SCENARIOS)}]",
     )
     p.add_argument("--database-url", help="PostgreSQL to use (default: an embedded one)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="first port to serve on")
     p.add_argument("--workers", type=int, default=1, help="pgpulse serving processes")
+    p.add_argument(
+        "--library",
+        choices=["uvicorn", "uvicorn-sansio", "preframed"],
+        help="run pgpulse inside an app of its own under uvicorn, with uvicorn's WebSocket "
+        "protocol or pgpulse's pre-framed one [off: pgpulse serve]",
+    )
     p.add_argument("--receivers", type=int, default=2, help="receiver processes")
     p.add_argument(
         "--client-deflate",
@@ -130,7 +137,10 @@ def main(argv: list[str]) -> int:
     selected = [s.strip().lower() for s in scenarios.split(",") if s.strip()]
     unknown = [s for s in selected if s not in SCENARIOS]
     if unknown:
-        print(f"pgpulse bench: unknown scenario {unknown[0]!r}; known: s1..s6", file=sys.stderr)
+        print(
+            f"pgpulse bench: unknown scenario {unknown[0]!r}; known: {', '.join(SCENARIOS)}",
+            file=sys.stderr,
+        )
         return 2
     baseline_dir = None
     if args.compare == "baseline":
@@ -162,7 +172,9 @@ def main(argv: list[str]) -> int:
             dbname = f"bench_{name}_{os.getpid()}"
             url = cluster.create_database(dbname)
             target: Target
-            if name == "pgpulse":
+            if name == "pgpulse" and args.library:
+                target = LibraryTarget(url, dbname, workdir, args.library)
+            elif name == "pgpulse":
                 target = PgpulseTarget(url, dbname, workdir, args.workers)
             else:
                 assert baseline_dir is not None

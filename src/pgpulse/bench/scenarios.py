@@ -1,4 +1,8 @@
-"""The six scenarios (S1-S6). Each starts a fresh server, measures, and stops it.
+"""The scenarios (S1-S7). Each starts a fresh server, measures, and stops it.
+
+S1 and S3 publish through ``POST /api/events``; S1N and S3N are the same
+runs through the seed's ``POST /api/notifications``. S7 (in :mod:`.apptx`)
+publishes from the application's own transactions.
 
 Sizes come from :class:`Sizes` (flags of ``pgpulse bench``). Every wait is
 bounded: publishing by its count and each request's timeout, draining by
@@ -10,12 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from . import apptx
 from .database import Cluster
 from .publishers import Publisher, PublishStats
 from .receivers import ReceiverPool
@@ -53,6 +59,12 @@ class Sizes:
     s6_seconds: float = 10.0
     s6_pad: int = 6000
     s6_queue_max_events: int = 20
+    s7_connections: int = 32
+    s7_tenants: int = 4
+    s7_sockets: int = 2
+    s7_hold_ms: float = 20.0
+    s7_rollback: float = 0.1
+    s7_seconds: float = 10.0
     pad: int = 64
     drain: float = 10.0
 
@@ -63,7 +75,7 @@ class Sizes:
             s2_sockets=200, s2_steps=(5, 20, 50), s2_seconds=2,
             s3_publishers=16, s3_seconds=3,
             s4_rate=100, s4_seconds=4,
-            s5_conns=500, s5_tenants=50, drain=5,
+            s5_conns=500, s5_tenants=50, s7_seconds=3, drain=5,
         )  # fmt: skip
 
 
@@ -76,6 +88,8 @@ class Context:
     sizes: Sizes
     client_deflate: bool = True
     """Receivers offer per-message deflate, as browsers do."""
+    via_notifications: bool = False
+    """Publish through ``POST /api/notifications`` instead of ``POST /api/events``."""
 
 
 @dataclass
@@ -105,7 +119,10 @@ async def running(ctx: Context, extra_env: dict[str, str] | None = None) -> Asyn
                 **tree_cpu(pool.pids),
             },
         )
-        publisher = Publisher(HOST, ctx.port, ctx.target.publish_request, pad=ctx.sizes.pad)
+        request = (
+            ctx.target.notification_request if ctx.via_notifications else ctx.target.publish_request
+        )
+        publisher = Publisher(HOST, ctx.port, request, pad=ctx.sizes.pad)
         yield Run(server, receivers, meter, publisher)
     finally:
         if publisher is not None:
@@ -354,11 +371,30 @@ async def s6_slow_consumer(ctx: Context) -> dict[str, Any]:
     }  # fmt: skip
 
 
+async def s1_through_notifications(ctx: Context) -> dict[str, Any]:
+    return await s1_many_tenants(dataclasses.replace(ctx, via_notifications=True))
+
+
+async def s3_through_notifications(ctx: Context) -> dict[str, Any]:
+    return await s3_throughput(dataclasses.replace(ctx, via_notifications=True))
+
+
+async def s7_app_transactions(ctx: Context) -> dict[str, Any]:
+    async with running(ctx) as run:
+        run.meter.start()
+        result = await apptx.run(ctx)
+        result["usage"] = {**run.meter.stop(), "server_rss_mb": run.server_rss_mb()}
+    return result
+
+
 SCENARIOS = {
     "s1": s1_many_tenants,
+    "s1n": s1_through_notifications,
     "s2": s2_broadcast,
     "s3": s3_throughput,
+    "s3n": s3_through_notifications,
     "s4": s4_fault,
     "s5": s5_idle,
     "s6": s6_slow_consumer,
+    "s7": s7_app_transactions,
 }

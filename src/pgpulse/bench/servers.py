@@ -23,6 +23,7 @@ from typing import IO
 from urllib.parse import quote
 
 import jwt
+import orjson
 
 from ..db import LISTENER_APP_NAME
 
@@ -79,6 +80,10 @@ class Target:
 
     def publish_request(self, tenant: str, data: bytes) -> tuple[str, bytes, bytes]:
         raise NotImplementedError
+
+    def notification_request(self, tenant: str, data: bytes) -> tuple[str, bytes, bytes]:
+        """The seed's notification endpoint; the baseline has one publish path only."""
+        return self.publish_request(tenant, data)
 
     def queue_env(self, max_events: int) -> dict[str, str]:
         """Settings that bound each connection's outbound queue (none in the baseline)."""
@@ -158,6 +163,29 @@ class PgpulseTarget(Target):
             b"Authorization: Bearer %s\r\n" % self.token(tenant, "publish").encode(),
             body,
         )
+
+    def notification_request(self, tenant: str, data: bytes) -> tuple[str, bytes, bytes]:
+        # The receivers read the measurement back out of the message text.
+        body = orjson.dumps({"message": data.decode()})
+        return (
+            "/api/notifications",
+            b"Authorization: Bearer %s\r\n" % self.token(tenant, "publish").encode(),
+            body,
+        )
+
+
+class LibraryTarget(PgpulseTarget):
+    """pgpulse inside an app of its own (``pgpulse.bench.library_app``) under uvicorn."""
+
+    def __init__(self, database_url: str, dbname: str, workdir: Path, protocol: str) -> None:
+        super().__init__(database_url, dbname, workdir)
+        self.protocol = protocol
+
+    def command(self, port: int) -> list[str]:
+        return [
+            sys.executable, "-m", "pgpulse.bench.library_app", "--host", HOST,
+            "--port", str(port), "--ws", self.protocol,
+        ]  # fmt: skip
 
 
 class BaselineTarget(Target):

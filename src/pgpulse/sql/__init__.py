@@ -1,8 +1,9 @@
 """The SQL of pgpulse, kept in ``.sql`` files beside this module.
 
-Queries are read once at import. They come from files shipped in the package,
-never from input, so they are cast to ``LiteralString`` (psycopg's marker for
-trusted SQL) here, once.
+Named queries live in every ``*.sql`` file of this folder (``queries.sql``
+for the event path, one file per further concept), read once at import. They
+come from files shipped in the package, never from input, so they are cast to
+``LiteralString`` (psycopg's marker for trusted SQL) here, once.
 """
 
 from __future__ import annotations
@@ -15,12 +16,17 @@ _HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
 
 def _load_queries() -> dict[str, LiteralString]:
-    text = resources.files(__package__).joinpath("queries.sql").read_text("utf-8")
-    parts = _HEADER.split(text)
-    return {
-        name: cast(LiteralString, body.strip())
-        for name, body in zip(parts[1::2], parts[2::2], strict=True)
-    }
+    queries: dict[str, LiteralString] = {}
+    files = sorted(resources.files(__package__).iterdir(), key=lambda entry: entry.name)
+    for entry in files:
+        if not entry.name.endswith(".sql"):
+            continue
+        parts = _HEADER.split(entry.read_text("utf-8"))
+        for name, body in zip(parts[1::2], parts[2::2], strict=True):
+            if name in queries:
+                raise RuntimeError(f"query {name!r} is defined twice (again in {entry.name})")
+            queries[name] = cast(LiteralString, body.strip())
+    return queries
 
 
 QUERIES = _load_queries()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -34,11 +35,17 @@ class Lifetime:
     """One connection's principal, its expiry, and in-band refresh."""
 
     def __init__(
-        self, principal: Principal, subscription: Subscription, verifier: Verifier | None
+        self,
+        principal: Principal,
+        subscription: Subscription,
+        verifier: Verifier | None,
+        on_refresh: Callable[[frozenset[str] | None], None] | None = None,
     ) -> None:
         self.principal = principal
         self._subscription = subscription
         self._verifier = verifier
+        self._on_refresh = on_refresh
+        """Told the new token's topics, which bound what the connection may add later."""
         self._timer: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
@@ -84,6 +91,8 @@ class Lifetime:
             return _refused("the new token allows none of this connection's topics")
         self._narrow(topics)
         self.principal = new
+        if self._on_refresh is not None:
+            self._on_refresh(new.topics)
         self.start()
         return control("refreshed", exp=new.expires_at and int(new.expires_at))
 

@@ -9,12 +9,18 @@ The order of steps is what makes a resume exact:
 
 Between 2 and 3 nothing can fall through: an event is either at or below
 the cursor (so in the table, and replayed) or above it (so queued).
+
+Once live, a transport that reads client requests (``/ws``) hands them over
+as :class:`Requests`; the writer acts on them between batches, never in the
+middle of one, so what they send keeps its place in the stream (see
+:mod:`pgpulse.transports.topics` for topics added and dropped on the way).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from ..events import Event, control
 from ..history import History
@@ -22,6 +28,19 @@ from ..hub import Hub, Subscription
 
 HEARTBEAT = ""
 """Yielded after ``idle`` seconds without events, for transports that send keep-alives."""
+
+
+class Requests(Protocol):
+    """A connection's client requests that the writer acts on between batches."""
+
+    @property
+    def pending(self) -> bool:
+        """Whether a request waits; it calls :meth:`Subscription.interrupt` when one arrives."""
+        ...
+
+    def apply(self, stream: Stream, subscription: Subscription) -> AsyncIterator[Event | str]:
+        """Act on the waiting requests; what it yields is sent in order."""
+        ...
 
 
 @dataclass(slots=True)
@@ -35,11 +54,13 @@ class Stream:
         resume_from: int | None,
         idle: float | None = None,
         direct: Callable[[bytes], bool] | None = None,
+        requests: Requests | None = None,
     ) -> AsyncGenerator[Event | str, None]:
         """Events and control frames for one connection, until it is closed.
 
         ``direct``, when given, lets the hub write live events straight to the
         socket once ``ready`` is out (see :meth:`Subscription.offer`).
+        ``requests``, when given, are acted on once live, between batches.
         Raises :class:`pgpulse.hub.SlowConsumer` when the connection falls behind.
         """
         start = await self.history.start(subscription.tenant_id, resume_from)
@@ -61,9 +82,13 @@ class Stream:
             yield control("ready", last_event_id=subscription.position)
             subscription.direct = direct
             while not subscription.closed:
+                if requests is not None and requests.pending:
+                    async for item in requests.apply(self, subscription):
+                        yield item
+                    continue
                 batch = await subscription.next_batch(idle)
                 if not batch:
-                    if not subscription.closed:
+                    if not subscription.closed and idle is not None:  # else: interrupted
                         yield HEARTBEAT
                     continue
                 for event in batch:

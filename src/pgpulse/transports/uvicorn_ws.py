@@ -2,11 +2,12 @@
 
 ASGI sends a message as a dict that the server frames anew for every socket.
 For a broadcast that is the main cost, so ``pgpulse serve`` runs uvicorn with
-this subclass, which adds the ASGI scope extension ``pgpulse.write_frame``: a
-function that writes an already framed message (:attr:`pgpulse.events.Event.ws_bytes`)
-straight to the transport, or returns ``False`` when it cannot do so at once
-(not open, closing, or the socket is backed up), leaving the caller to queue
-it and use the ordinary ASGI path. Under any other ASGI server the extension
+this subclass (an app's own uvicorn can too: ``ws=PROTOCOL_PATH``), which adds
+the ASGI scope extension ``pgpulse.write_frame``: a function that writes an
+already framed message (:attr:`pgpulse.events.Event.ws_bytes`) straight to
+the transport, or returns ``False`` when it cannot do so at once (not open,
+closing, or the socket is backed up), leaving the caller to queue it and use
+the ordinary ASGI path. Under any other ASGI server the extension
 is absent and pgpulse uses the ordinary path only.
 
 A frame written this way is an uncompressed text message, which RFC 7692
@@ -20,6 +21,8 @@ from typing import Any
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 EXTENSION = "pgpulse.write_frame"
+PROTOCOL_PATH = "pgpulse.transports.uvicorn_ws:WebSocketProtocol"
+"""What ``uvicorn.run(..., ws=...)`` takes to use this protocol in an app's own server."""
 
 
 class WebSocketProtocol(WebSocketsSansIOProtocol):

@@ -1,6 +1,6 @@
 /** Records what a client emits, and waits, with a deadline, until a condition on the record holds. */
 
-import type { PgpulseClient, Status } from "../../src/client.js";
+import type { PgpulseClient, PresenceState, Status } from "../../src/client.js";
 import type { PgpulseEvent } from "../../src/protocol.js";
 
 const DEFAULT_TIMEOUT_MS = 15_000;
@@ -16,6 +16,7 @@ export class Recorder {
   readonly resets: string[] = [];
   readonly readies: number[] = [];
   readonly errors: Error[] = [];
+  readonly presence: PresenceState[] = [];
   readonly #waiters = new Set<Waiter>();
   readonly #stops: (() => void)[];
 
@@ -26,6 +27,7 @@ export class Recorder {
       client.on("reset", ({ reason }) => this.#record(() => this.resets.push(reason))),
       client.on("ready", ({ lastEventId }) => this.#record(() => this.readies.push(lastEventId))),
       client.on("error", (error) => this.#record(() => this.errors.push(error))),
+      client.on("presence", (state) => this.#record(() => this.presence.push(state))),
     ];
   }
 

@@ -28,6 +28,8 @@ export interface ServerOptions {
   readonly dataDir?: string;
   /** PGPULSE_ALLOWED_ORIGINS: the origins whose pages may call the HTTP API. */
   readonly allowedOrigins?: readonly string[];
+  /** `--workers N`: serving processes. Default 1. */
+  readonly workers?: number;
 }
 
 export interface RunningServer {
@@ -52,7 +54,9 @@ export interface RunningWorker {
 export async function startServer(options: ServerOptions = {}): Promise<RunningServer> {
   const port = options.port ?? (await freePort());
   const dataDir = options.dataDir ?? (await openTempDir());
-  const child = await launch(["serve", "--host", "127.0.0.1", "--port", String(port)], dataDir, {
+  const args = ["serve", "--host", "127.0.0.1", "--port", String(port)];
+  if (options.workers !== undefined) args.push("--workers", String(options.workers));
+  const child = await launch(args, dataDir, {
     PGPULSE_ALLOWED_ORIGINS: (options.allowedOrigins ?? []).join(","),
   });
   const url = `http://127.0.0.1:${port}`;
@@ -84,7 +88,7 @@ export async function startWorker(dataDir: string): Promise<RunningWorker> {
   return worker;
 }
 
-interface Launched {
+export interface Launched {
   readonly process: ChildProcess;
   readonly pid: number;
   stop(): Promise<void>;
@@ -93,7 +97,17 @@ interface Launched {
   onOutput(listener: () => void): () => void;
 }
 
-async function launch(args: readonly string[], dataDir: string, extraEnv: NodeJS.ProcessEnv): Promise<Launched> {
+/**
+ * Start `command` (default `pgpulse`) with the test secret, `dataDir`, and
+ * PGPULSE_TEST_DATABASE_URL as its database when set (else none, so an
+ * embedded PostgreSQL in `dataDir`, whatever the developer's shell exports).
+ */
+export async function launch(
+  args: readonly string[],
+  dataDir: string,
+  extraEnv: NodeJS.ProcessEnv,
+  options: { readonly command?: string; readonly cwd?: string } = {},
+): Promise<Launched> {
   const env: NodeJS.ProcessEnv = {
     ...process.env,
     PGPULSE_JWT_SECRET: TEST_JWT_SECRET,
@@ -101,12 +115,18 @@ async function launch(args: readonly string[], dataDir: string, extraEnv: NodeJS
     ...extraEnv,
   };
   const external = process.env.PGPULSE_TEST_DATABASE_URL;
-  if (external !== undefined && external !== "") env.PGPULSE_DATABASE_URL = external;
-  else delete env.PGPULSE_DATABASE_URL;
+  if (external !== undefined && external !== "") {
+    env.PGPULSE_DATABASE_URL = env.DATABASE_URL = external;
+  } else {
+    delete env.PGPULSE_DATABASE_URL;
+    delete env.DATABASE_URL;
+  }
 
+  const command = options.command ?? "pgpulse";
   // Its own process group, so a SIGKILL also reaches an embedded PostgreSQL it started.
-  const child = spawn("pgpulse", args, {
+  const child = spawn(command, args, {
     env,
+    cwd: options.cwd,
     detached: true,
     stdio: ["ignore", "pipe", "pipe"],
   });
@@ -122,7 +142,7 @@ async function launch(args: readonly string[], dataDir: string, extraEnv: NodeJS
   const spawned = new Promise<void>((resolve, reject) => {
     child.once("spawn", () => resolve());
     child.once("error", (error) =>
-      reject(new Error(`cannot start pgpulse (is the project's virtualenv active?): ${error.message}`)),
+      reject(new Error(`cannot start ${command} (is the project's virtualenv active?): ${error.message}`)),
     );
   });
   await spawned;
@@ -157,23 +177,24 @@ export function freePort(): Promise<number> {
   });
 }
 
-async function waitReady(url: string, child: ChildProcess): Promise<void> {
+/** Resolves once `GET url+path` answers 200; rejects if the process exits first or time runs out. */
+export async function waitReady(url: string, child: ChildProcess, path = "/readyz"): Promise<void> {
   const deadline = Date.now() + READY_DEADLINE_MS;
   let last = "no answer yet";
   while (Date.now() < deadline) {
     if (child.exitCode !== null || child.signalCode !== null) {
-      throw new Error(`pgpulse exited before it was ready (code ${child.exitCode}, signal ${child.signalCode})`);
+      throw new Error(`${child.spawnfile} exited before it was ready (code ${child.exitCode}, signal ${child.signalCode})`);
     }
     try {
-      const response = await fetch(`${url}/readyz`, { signal: AbortSignal.timeout(2_000) });
+      const response = await fetch(`${url}${path}`, { signal: AbortSignal.timeout(2_000) });
       if (response.status === 200) return;
-      last = `GET /readyz answered ${response.status}`;
+      last = `GET ${path} answered ${response.status}`;
     } catch (error) {
       last = error instanceof Error ? error.message : String(error);
     }
     await new Promise((resolve) => setTimeout(resolve, READY_POLL_MS));
   }
-  throw new Error(`pgpulse at ${url} not ready after ${READY_DEADLINE_MS / 1000} s: ${last}`);
+  throw new Error(`${child.spawnfile} at ${url} not ready after ${READY_DEADLINE_MS / 1000} s: ${last}`);
 }
 
 /** Resolves once the process has printed a line matching `pattern`; rejects if it exits first or time runs out. */

@@ -84,6 +84,11 @@ $$;
 
 CREATE TRIGGER events_data_size BEFORE INSERT ON pgpulse.events
     FOR EACH ROW EXECUTE FUNCTION pgpulse._check_event_size();
+-- publish() stages an event (version 4) and stores it at commit: checked
+-- where it is staged too, so that the publish that is too big fails, not
+-- the commit of its whole transaction.
+CREATE TRIGGER pending_data_size BEFORE INSERT ON pgpulse.pending
+    FOR EACH ROW EXECUTE FUNCTION pgpulse._check_event_size();
 
 -- `pgpulse track` with options (a third trigger argument, JSON):
 --   columns      only these columns of a row leave the database (allow-list)
@@ -225,7 +230,7 @@ $$;
 -- lose PostgreSQL's default EXECUTE for PUBLIC. A role that publishes (an
 -- app's backend, the writers of tracked tables) is made a member of
 -- pgpulse_publisher, which may call publish() and submit_job() and fire the
--- tracking trigger, and nothing else: those two run as their owner
+-- tracking trigger, and nothing else: those two (and the commit trigger) run as their owner
 -- (SECURITY DEFINER, with a fixed search_path, so a caller's objects can
 -- never stand in for pgpulse's), so publishers need no privilege on the
 -- tables. pgpulse.disconnect stays the owner's (an operator's).
@@ -234,6 +239,16 @@ ALTER DEFAULT PRIVILEGES IN SCHEMA pgpulse REVOKE EXECUTE ON FUNCTIONS FROM PUBL
 
 ALTER FUNCTION pgpulse.publish(text, text, text, jsonb, text)
     SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+-- publish() only stages the event (pgpulse.pending, version 4); the commit
+-- trigger that numbers and stores it runs as whoever commits, so it runs as
+-- its owner too: a publisher has no privilege on pgpulse.events or
+-- pgpulse.tenants. Every name in both is schema-qualified, as the fixed
+-- search_path needs.
+ALTER FUNCTION pgpulse._commit_events()
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+-- The server's own group commit: not a publisher's (no EXECUTE for PUBLIC),
+-- and, like the rest, blind to objects a caller's search_path would add.
+ALTER FUNCTION pgpulse.publish_batch(jsonb) SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION pgpulse.submit_job(text, text, jsonb, text)
     SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 

@@ -1,9 +1,9 @@
-"""Who may open another stream: per-tenant and per-user caps, and a connect rate.
+"""How many streams a tenant may hold open: per-tenant and per-user caps, and a connect rate.
 
 Each server process counts its own open streams (``/ws`` and ``/sse``) by
-tenant and by user, and refuses one past :attr:`Admission.per_tenant` or
-:attr:`Admission.per_user`; it also refuses new streams of a tenant faster
-than :attr:`Admission.rate` a second (a token bucket holding five seconds'
+tenant and by user, and refuses one past :attr:`ConnectionCaps.per_tenant` or
+:attr:`ConnectionCaps.per_user`; it also refuses new streams of a tenant faster
+than :attr:`ConnectionCaps.rate` a second (a token bucket holding five seconds'
 worth), so one tenant's reconnect storm or a leaked token cannot take every
 socket and pool connection of a node. Refusals say why and are temporary:
 WebSocket close 1013, SSE 429, and clients retry with back-off. Limits are
@@ -24,7 +24,7 @@ BURST_SECONDS = 5.0  # a tenant may open this many seconds' worth of streams at 
 MAX_BUCKETS = 10_000  # rate buckets kept before idle ones are dropped
 
 
-class Admission:
+class ConnectionCaps:
     def __init__(self, per_tenant: int, per_user: int, rate: float) -> None:
         self.per_tenant = per_tenant
         self.per_user = per_user
@@ -34,7 +34,7 @@ class Admission:
         self._buckets: dict[str, tuple[float, float]] = {}  # tenant -> (allowance, when)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Admission:
+    def from_settings(cls, settings: Settings) -> ConnectionCaps:
         return cls(
             settings.max_connections_per_tenant,
             settings.max_connections_per_user,

@@ -1,0 +1,1 @@
+"""Example applications that use pgpulse; each folder has a README."""
