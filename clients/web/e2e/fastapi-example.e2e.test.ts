@@ -15,7 +15,7 @@ import { chromium, type Browser, type BrowserContext, type Page } from "playwrig
 import { build } from "vite";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 
-import { removeDataDir } from "../test/support/server.js";
+import { openTempDir, removeDataDir } from "../test/support/server.js";
 import { startExample, type RunningExample } from "./support/example.js";
 
 const CHROMIUM = process.env.PGPULSE_CHROMIUM ?? "/usr/bin/chromium";
@@ -43,7 +43,7 @@ beforeAll(async () => {
   // Built into a folder of its own, as the demo's test does, so runs side by side do not collide.
   pageDir = await mkdtemp(join(tmpdir(), "pgpulse-example-page-"));
   await build({ configFile: EXAMPLE_CONFIG, logLevel: "warn", build: { outDir: pageDir, emptyOutDir: true } });
-  dataDir = await mkdtemp(join(tmpdir(), "pgpulse-example-"));
+  dataDir = await openTempDir("pgpulse-example-");
   example = await startExample({ dataDir, pageDir });
   browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS, timeout: 30_000 });
 });

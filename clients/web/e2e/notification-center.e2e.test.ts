@@ -241,7 +241,7 @@ describe("NotificationCenter in Chromium", () => {
 
   it("shows a streamed answer as it is produced, then whole", async () => {
     const { browser, server } = running();
-    const token = mintToken({ tenant_id: uniqueTenant("e2e-answer") });
+    const token = mintToken({ tenant_id: uniqueTenant("e2e-answer"), scope: "jobs" });
     const worker = await startWorker(server.dataDir);
     const context = await browser.newContext();
     try {

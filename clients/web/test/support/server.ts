@@ -250,8 +250,8 @@ async function stopProcess(child: ChildProcess, pid: number, exited: Promise<voi
  * PostgreSQL runs as another user and refuses a data directory under a private
  * folder (mkdtemp makes them 0700) rather than open it to everyone.
  */
-async function openTempDir(): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), "pgpulse-web-"));
+export async function openTempDir(prefix = "pgpulse-web-"): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), prefix));
   await chmod(dir, 0o755);
   return dir;
 }
