@@ -128,7 +128,8 @@ async def current_principal(conn: HTTPConnection) -> Principal | None:
     user = await signed_in_user(conn)
     if user is None:
         return None
-    return Principal(tenant_id=user.tenant_id, user_id=user.username)
+    # "jobs": a signed-in user may start jobs with POST /realtime/api/jobs.
+    return Principal(tenant_id=user.tenant_id, user_id=user.username, scopes=frozenset({"jobs"}))
 
 
 async def require_user(conn: HTTPConnection) -> User:

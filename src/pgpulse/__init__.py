@@ -15,6 +15,7 @@ from .errors import (
     ForbiddenTopic,
     InvalidEvent,
     InvalidJob,
+    JobFailed,
     PgpulseError,
     TrackError,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "InvalidEvent",
     "InvalidJob",
     "Job",
+    "JobFailed",
     "JobLost",
     "PgpulseError",
     "TrackError",

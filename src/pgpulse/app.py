@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
+from urllib.parse import unquote_plus
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -25,22 +26,37 @@ from .api.deps import database_unavailable, describe_errors
 from .cors import CORS
 from .errors import DatabaseUnavailable
 from .fastapi import Pgpulse
+from .limits import BodyLimit
 from .routes import DirectRoutes
 from .settings import Settings
 
 
 class RedactTokens(logging.Filter):
-    """Keep tokens out of logs: uvicorn logs request paths with their query."""
+    """Keep tokens out of logs: uvicorn logs request paths with their query.
 
-    _TOKEN = re.compile(r"(token=)[^&\s\"']+")
+    A query parameter is redacted when its name, percent-decoded (twice, for
+    double encoding), is ``token``, whatever its value looks like; anything
+    shaped like a JWT is redacted wherever it appears.
+    """
+
+    _PAIR = re.compile(r"(^|[?&;\s])([^=&;\s\"'#?]*)=([^&;\s\"'#]*)")
+    _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
+
+    @classmethod
+    def redact(cls, text: str) -> str:
+        def pair(match: re.Match[str]) -> str:
+            name = unquote_plus(unquote_plus(match.group(2))).strip().lower()
+            if name in ("token", "access_token"):
+                return f"{match.group(1)}{match.group(2)}=***"
+            return match.group(0)
+
+        return cls._JWT.sub("***", cls._PAIR.sub(pair, text))
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple):
-            record.args = tuple(
-                self._TOKEN.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args
-            )
+            record.args = tuple(self.redact(a) if isinstance(a, str) else a for a in record.args)
         if isinstance(record.msg, str):
-            record.msg = self._TOKEN.sub(r"\1***", record.msg)
+            record.msg = self.redact(record.msg)
         return True
 
 
@@ -63,6 +79,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Added first, so that CORS (added next) wraps it: the routes it serves
     # ahead of the app get the same cross-origin answers as the app's own.
     app.add_middleware(DirectRoutes, pulse=pulse)  # /ws, /ws/notifications, POST /api/events
+    # Every request body is bounded before routing and auth; inside CORS, so
+    # that a browser can read a 413 too.
+    app.add_middleware(BodyLimit, limit=settings.max_payload_bytes)
     app.add_middleware(CORS, allowed_origins=settings.allowed_origins)
     app.include_router(pulse.router)
     app.include_router(pulse.health_router)

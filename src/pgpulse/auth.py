@@ -10,13 +10,16 @@ secret) are refused by construction.
 from __future__ import annotations
 
 import logging
+import math
 import os
+import re
 import secrets
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -24,6 +27,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from .errors import AuthError, ConfigError, ForbiddenTopic
 from .events import MAX_NAME_LENGTH, is_name
+from .limits import MAX_TOKEN_BYTES, parse_topics
 from .settings import Settings
 
 log = logging.getLogger("pgpulse.auth")
@@ -36,6 +40,11 @@ ADMIN_TENANT = "*"
 SECRET_BYTES = 48
 LEEWAY = 5  # seconds of clock skew tolerated on exp/nbf/iat
 VERIFIED_CACHE_SIZE = 10_000  # verified tokens remembered (the whole token is the key)
+MIN_RSA_BITS = 2048
+JWKS_ALGORITHMS = {"RS256", "ES256"}
+JWKS_TIMEOUT = 3.0  # seconds for one fetch of the identity provider's keys
+JWKS_COOLDOWN = 30.0  # seconds between two fetches, however many unknown kids arrive
+JWKS_MAX_AGE = 600.0  # seconds after which the set is fetched again at the next token
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +62,11 @@ class Principal:
     topics: frozenset[str] | None = None
     """Topics the caller may read; ``None`` means all."""
     scopes: frozenset[str] = frozenset()
-    """``publish`` allows ``POST /api/events``."""
+    """``publish`` allows ``POST /api/events`` and ``POST /api/notifications``, ``jobs``
+    allows ``POST /api/jobs``."""
+    expires_at: float | None = None
+    """The token's ``exp`` (Unix time): when the connections it opened are closed;
+    ``None`` (an app's own principal, insecure dev mode) never expires."""
 
     def __post_init__(self) -> None:
         if not is_name(self.tenant_id):
@@ -75,11 +88,14 @@ class Principal:
             object.__setattr__(self, name, frozenset(value))
 
     def allowed_topics(self, requested: str | None) -> frozenset[str] | None:
-        """The topics a connection reads: the requested ones, each allowed by the token."""
-        if requested is None or not requested.strip():
-            return self.topics
-        wanted = frozenset(t.strip() for t in requested.split(",") if t.strip())
-        if not wanted:  # "topics=," names nothing: the default, not "no topic at all"
+        """The topics a connection reads: the requested ones, each allowed by the token.
+
+        Raises :class:`ValueError` for a malformed list (see
+        :func:`pgpulse.limits.parse_topics`), :class:`ForbiddenTopic` for a
+        topic the token does not allow.
+        """
+        wanted = parse_topics(requested)
+        if wanted is None:
             return self.topics
         if self.topics is not None and not wanted <= self.topics:
             denied = ", ".join(sorted(wanted - self.topics))
@@ -88,48 +104,82 @@ class Principal:
 
 
 class Verifier:
-    """Verifies (and, with a shared secret, mints) tokens under one configuration."""
+    """Verifies (and, with a shared secret, mints) tokens under one configuration.
+
+    ``key`` and ``algorithms`` are one key and what it may sign; ``keys``
+    adds more (several secrets or public keys valid at once, for rotation),
+    and ``jwks`` more again, fetched from an identity provider and picked by
+    the token's ``kid``. Every key is tried only with its own algorithms, so
+    a token never chooses how it is checked.
+    """
 
     def __init__(
         self,
-        key: Any,
-        algorithms: list[str],
+        key: Any = None,
+        algorithms: list[str] | None = None,
         tenant_claim: str = "tenant_id",
         topics_claim: str = "topics",
         signing_key: str | None = None,
+        *,
+        keys: list[tuple[Any, list[str]]] | None = None,
+        jwks: JwksKeys | None = None,
+        audience: str | None = None,
+        issuer: str | None = None,
+        user_claim: str = "sub",
     ) -> None:
-        self._key = key
-        self._algorithms = algorithms
+        self._keys: list[tuple[Any, list[str]]] = []
+        if key is not None:
+            self._keys.append((key, algorithms or ["HS256"]))
+        self._keys.extend(keys or [])
+        self._jwks = jwks
+        if not self._keys and jwks is None:
+            raise ConfigError("no key to verify tokens with")
+        self._algorithms = sorted(
+            {alg for _, algs in self._keys for alg in algs} | (JWKS_ALGORITHMS if jwks else set())
+        )
         self._tenant_claim = tenant_claim
         self._topics_claim = topics_claim
+        self._user_claim = user_claim
+        self._audience = audience
+        self._issuer = issuer
         self._signing_key = signing_key
         self._verified: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Verifier:
-        claims = {"tenant_claim": settings.tenant_claim, "topics_claim": settings.topics_claim}
-        if settings.jwt_public_key:
-            pem = _read_pem(settings.jwt_public_key)
-            try:
-                key = load_pem_public_key(pem.encode())
-            except ValueError as exc:
+        """The verifier ``settings`` describe; a :class:`ConfigError` for anything unusable."""
+        options: dict[str, Any] = {
+            "tenant_claim": settings.tenant_claim,
+            "topics_claim": settings.topics_claim,
+            "user_claim": settings.user_claim,
+            "audience": settings.jwt_audience,
+            "issuer": settings.jwt_issuer,
+        }
+        if settings.jwt_public_key or settings.jwks_url:
+            if not settings.jwt_audience or not settings.jwt_issuer:
                 raise ConfigError(
-                    f"PGPULSE_JWT_PUBLIC_KEY is not a PEM public key: {exc}"
-                ) from None
-            if isinstance(key, rsa.RSAPublicKey):
-                algorithms = ["RS256"]
-            elif isinstance(key, ec.EllipticCurvePublicKey):
-                algorithms = ["ES256"]
-            else:
-                raise ConfigError("PGPULSE_JWT_PUBLIC_KEY must be an RSA or EC (P-256) key")
-            return cls(key, algorithms, **claims)
-        secret = settings.jwt_secret or load_or_create_secret(settings.secret_file)
-        return cls(secret, ["HS256"], signing_key=secret, **claims)
+                    "with PGPULSE_JWT_PUBLIC_KEY or PGPULSE_JWKS_URL, set PGPULSE_JWT_AUDIENCE "
+                    "and PGPULSE_JWT_ISSUER too: an identity provider signs tokens for other "
+                    "apps as well, and only these two tell them apart"
+                )
+            keys = public_keys(settings.jwt_public_key) if settings.jwt_public_key else []
+            jwks = JwksKeys(settings.jwks_url) if settings.jwks_url else None
+            if jwks is not None:
+                jwks.load_at_start()
+            return cls(keys=keys, jwks=jwks, **options)
+        if settings.jwt_secret is not None:
+            secrets_ = split_secrets(settings.jwt_secret.get_secret_value())
+        else:
+            secrets_ = [load_or_create_secret(settings.secret_file)]
+        keys = [(secret, ["HS256"]) for secret in secrets_]
+        return cls(keys=keys, signing_key=secrets_[0], **options)
 
     def verify(self, token: str) -> Principal:
         """The token's principal. Verified tokens are remembered until they expire:
         a client presents the same token on every request, and checking a
         signature costs more than the rest of a publish."""
+        if len(token) > MAX_TOKEN_BYTES:
+            raise AuthError(f"token is {len(token)} bytes; the limit is {MAX_TOKEN_BYTES}")
         hit = self._verified.get(token)
         if hit is not None:
             principal, expires = hit
@@ -137,57 +187,107 @@ class Verifier:
                 self._verified.move_to_end(token)
                 return principal
             del self._verified[token]
-        try:
-            claims = jwt.decode(
-                token,
-                self._key,
-                algorithms=self._algorithms,
-                options={"require": ["exp"], "verify_aud": False},
-                leeway=LEEWAY,
-            )
-        except jwt.ExpiredSignatureError:
-            raise AuthError("token expired") from None
-        except jwt.MissingRequiredClaimError as exc:
-            raise AuthError(f"token lacks the required claim {exc.claim!r}") from None
-        except jwt.InvalidAlgorithmError:
-            raise AuthError(
-                f"token algorithm not accepted (this server accepts {', '.join(self._algorithms)})"
-            ) from None
-        except jwt.InvalidSignatureError:
-            raise AuthError("token signature is invalid") from None
-        except jwt.PyJWTError as exc:
-            raise AuthError(f"token is invalid: {exc}") from None
+        claims = self._decode(token)
         principal = self._principal(claims)
         self._verified[token] = (principal, float(claims["exp"]) + LEEWAY)
         if len(self._verified) > VERIFIED_CACHE_SIZE:
             self._verified.popitem(last=False)
         return principal
 
+    def _candidates(self, token: str) -> list[tuple[Any, list[str]]]:
+        """The keys that may have signed ``token``: its ``kid``'s from the JWKS, then the rest."""
+        if self._jwks is None:
+            return self._keys
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.PyJWTError as exc:
+            raise AuthError(f"token is invalid: {exc}") from None
+        if not isinstance(kid, str) or not kid:
+            if self._keys:
+                return self._keys
+            raise AuthError("token has no 'kid' header; keys are picked by kid")
+        found = self._jwks.key(kid)
+        if found is None:
+            if self._keys:
+                return self._keys
+            raise AuthError(f"token key id {kid[:40]!r} is not among the identity provider's keys")
+        return [(found.key, [found.algorithm_name]), *self._keys]
+
+    def _decode(self, token: str) -> dict[str, Any]:
+        required = ["exp"]
+        if self._audience is not None:
+            required.append("aud")
+        if self._issuer is not None:
+            required.append("iss")
+        refusal = "token signature is invalid"
+        for key, algorithms in self._candidates(token):
+            try:
+                claims: dict[str, Any] = jwt.decode(
+                    token,
+                    key,
+                    algorithms=algorithms,
+                    audience=self._audience,
+                    issuer=self._issuer,
+                    options={"require": required, "verify_aud": self._audience is not None},
+                    leeway=LEEWAY,
+                )
+                return claims
+            except jwt.InvalidSignatureError:
+                continue  # another key (an older secret, a rotated key) may have signed it
+            except jwt.InvalidAlgorithmError:
+                refusal = (
+                    f"token algorithm not accepted (this server accepts "
+                    f"{', '.join(self._algorithms)})"
+                )
+                continue
+            except jwt.ExpiredSignatureError:
+                raise AuthError("token expired") from None
+            except jwt.MissingRequiredClaimError as exc:
+                raise AuthError(f"token lacks the required claim {exc.claim!r}") from None
+            except jwt.InvalidAudienceError:
+                raise AuthError(f"token audience is not {self._audience!r}") from None
+            except jwt.InvalidIssuerError:
+                raise AuthError(f"token issuer is not {self._issuer!r}") from None
+            except jwt.PyJWTError as exc:
+                raise AuthError(f"token is invalid: {exc}") from None
+        raise AuthError(refusal)
+
     def _principal(self, claims: dict[str, Any]) -> Principal:
-        tenant = claims.get(self._tenant_claim)
+        tenant = claim(claims, self._tenant_claim)
         if not is_name(tenant):
             raise AuthError(
                 f"token claim {self._tenant_claim!r} must be a string of 1 to "
                 f"{MAX_NAME_LENGTH} characters"
             )
-        sub = claims.get("sub")
+        sub = claim(claims, self._user_claim)
         if sub is not None and not is_name(sub):
             raise AuthError(
-                f"token claim 'sub' must be a string of 1 to {MAX_NAME_LENGTH} characters"
+                f"token claim {self._user_claim!r} must be a string of 1 to "
+                f"{MAX_NAME_LENGTH} characters"
             )
-        topics = claims.get(self._topics_claim)
+        topics = claim(claims, self._topics_claim)
         if topics is not None and (
             not isinstance(topics, list) or not all(isinstance(t, str) for t in topics)
         ):
             raise AuthError(f"token claim {self._topics_claim!r} must be a list of strings")
+        if topics is not None and not all(is_name(t) for t in topics):
+            raise AuthError(
+                f"token claim {self._topics_claim!r} holds a topic that is not 1 to "
+                f"{MAX_NAME_LENGTH} characters without NUL"
+            )
         scope = claims.get("scope", "")
-        if not isinstance(scope, str):
+        if isinstance(scope, list) and all(isinstance(s, str) for s in scope):
+            scopes = frozenset(scope)  # some providers send a list
+        elif isinstance(scope, str):
+            scopes = frozenset(scope.split())
+        else:
             raise AuthError("token claim 'scope' must be a space-separated string")
         return Principal(
             tenant_id=tenant,
             user_id=sub,
             topics=frozenset(topics) if topics is not None else None,
-            scopes=frozenset(scope.split()),
+            scopes=scopes,
+            expires_at=float(claims["exp"]),
         )
 
     def mint(
@@ -198,20 +298,163 @@ class Verifier:
         topics: list[str] | None = None,
         ttl: float = 3600.0,
     ) -> str:
-        """A signed token for ``tenant_id``; only with a shared secret (HS256)."""
+        """A signed token for ``tenant_id``; only with a shared secret (HS256).
+
+        Signed with the first secret: during a rotation that is the new one.
+        """
         if self._signing_key is None:
             raise ConfigError(
                 "this server verifies tokens with a public key; mint them with the private key"
             )
         now = int(time.time())
-        claims: dict[str, Any] = {self._tenant_claim: tenant_id, "iat": now, "exp": now + int(ttl)}
+        claims: dict[str, Any] = {"iat": now, "exp": now + int(ttl)}
+        _set_claim(claims, self._tenant_claim, tenant_id)
         if user_id is not None:
-            claims["sub"] = user_id
+            _set_claim(claims, self._user_claim, user_id)
         if scopes:
             claims["scope"] = " ".join(scopes)
         if topics is not None:
-            claims[self._topics_claim] = topics
+            _set_claim(claims, self._topics_claim, topics)
+        if self._audience is not None:
+            claims["aud"] = self._audience
+        if self._issuer is not None:
+            claims["iss"] = self._issuer
         return jwt.encode(claims, self._signing_key, algorithm="HS256")
+
+
+def claim(claims: dict[str, Any], path: str) -> Any:
+    """The claim at ``path``: a top-level name first (Auth0's namespaced claims are
+    URLs, dots and all), else a dotted path into nested objects
+    (``app_metadata.tenant_id``, Clerk's ``o.id``)."""
+    if path in claims:
+        return claims[path]
+    value: Any = claims
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def _set_claim(claims: dict[str, Any], path: str, value: Any) -> None:
+    """Put ``value`` where :func:`claim` finds it (nested for a dotted path)."""
+    parts = path.split(".")
+    target = claims
+    for part in parts[:-1]:
+        target = target.setdefault(part, {})
+    target[parts[-1]] = value
+
+
+def split_secrets(value: str) -> list[str]:
+    """Several HS256 secrets, comma-separated: the first signs, all verify."""
+    return [s.strip() for s in value.split(",") if s.strip()]
+
+
+_PEM_BLOCK = re.compile(r"-----BEGIN PUBLIC KEY-----.+?-----END PUBLIC KEY-----", re.DOTALL)
+
+
+def public_keys(value: str) -> list[tuple[Any, list[str]]]:
+    """Every PEM public key in ``value`` (or in the file it names), each with its algorithm.
+
+    RSA keys (2048 bits or more) sign RS256 and P-256 keys ES256; any other
+    key or curve is refused here, at start, rather than failing every token.
+    """
+    pem = _read_pem(value)
+    blocks = _PEM_BLOCK.findall(pem) or [pem]
+    keys: list[tuple[Any, list[str]]] = []
+    for number, block in enumerate(blocks, 1):
+        which = (
+            f"PGPULSE_JWT_PUBLIC_KEY (key {number})"
+            if len(blocks) > 1
+            else ("PGPULSE_JWT_PUBLIC_KEY")
+        )
+        try:
+            key = load_pem_public_key(block.encode())
+        except ValueError as exc:
+            raise ConfigError(f"{which} is not a PEM public key: {exc}") from None
+        if isinstance(key, rsa.RSAPublicKey):
+            if key.key_size < MIN_RSA_BITS:
+                raise ConfigError(
+                    f"{which} is a {key.key_size}-bit RSA key; at least {MIN_RSA_BITS} bits"
+                )
+            keys.append((key, ["RS256"]))
+        elif isinstance(key, ec.EllipticCurvePublicKey):
+            if not isinstance(key.curve, ec.SECP256R1):
+                raise ConfigError(
+                    f"{which} is on curve {key.curve.name}, which is not supported: "
+                    f"use P-256 (ES256) or RSA (RS256)"
+                )
+            keys.append((key, ["ES256"]))
+        else:
+            raise ConfigError(f"{which} must be an RSA or EC P-256 key")
+    return keys
+
+
+class JwksKeys:
+    """An identity provider's signing keys, from its JWKS URL, picked by ``kid``.
+
+    The set is fetched at start and kept. A ``kid`` it does not hold (the
+    provider rotated its keys) makes it fetch again, and so does age
+    (:data:`JWKS_MAX_AGE`, so that a withdrawn key stops working); at most
+    once per :data:`JWKS_COOLDOWN`, so tokens with made-up ``kid``s cannot
+    make the server hammer the provider. A failed fetch keeps the last good
+    set. Keys of other algorithms than RS256 and ES256 are skipped.
+
+    Fetches are synchronous (PyJWT's :class:`jwt.PyJWKClient`), with a short
+    timeout: they are rare, and verification, which needs the key at once,
+    is synchronous too.
+    """
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        loopback = parts.hostname in ("127.0.0.1", "::1", "localhost")
+        if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
+            raise ConfigError(
+                f"PGPULSE_JWKS_URL must be https (plain http only on loopback), got {url!r}"
+            )
+        self.url = url
+        self._client = jwt.PyJWKClient(url, cache_jwk_set=False, timeout=JWKS_TIMEOUT)
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._fetched = -math.inf
+        self._attempted = -math.inf
+        self.fetches = 0
+
+    def load_at_start(self) -> None:
+        """Fetch now; a provider that is down only delays the keys (logged), it does not stop
+        the server."""
+        try:
+            self._fetch()
+        except jwt.PyJWTError as exc:
+            log.warning("cannot fetch the JWKS at %s yet: %s", self.url, exc)
+
+    def key(self, kid: str) -> jwt.PyJWK | None:
+        now = time.monotonic()
+        wanted = kid not in self._keys or now - self._fetched > JWKS_MAX_AGE
+        if wanted and now - self._attempted >= JWKS_COOLDOWN:
+            try:
+                self._fetch()
+            except jwt.PyJWTError as exc:
+                log.warning("cannot fetch the JWKS at %s: %s", self.url, exc)
+        return self._keys.get(kid)
+
+    def _fetch(self) -> None:
+        self._attempted = time.monotonic()
+        self.fetches += 1
+        jwk_set = self._client.get_jwk_set(refresh=True)
+        keys: dict[str, jwt.PyJWK] = {}
+        for jwk in jwk_set.keys:
+            if not jwk.key_id or jwk.public_key_use not in ("sig", None):
+                continue
+            if jwk.algorithm_name not in JWKS_ALGORITHMS:
+                log.warning(
+                    "JWKS key %r uses %s, which is not supported (RS256, ES256); skipped",
+                    jwk.key_id,
+                    jwk.algorithm_name,
+                )
+                continue
+            keys[jwk.key_id] = jwk
+        self._keys = keys
+        self._fetched = time.monotonic()
 
 
 def _read_pem(value: str) -> str:

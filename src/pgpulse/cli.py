@@ -134,12 +134,20 @@ def serve(
         os.environ.update(server.worker_environment(settings, url))
         if settings.embedded:
             err.print(f"embedded PostgreSQL: data in {settings.pgdata}", highlight=False)
-        err.print(
-            f"pgpulse on http://{settings.host}:{settings.port}  "
-            f"(mint a token: pgpulse token --tenant acme)",
-            highlight=False,
-        )
-        if not settings.jwt_secret and not settings.jwt_public_key:
+        if settings.insecure_dev:
+            err.print(
+                f"pgpulse on http://{settings.host}:{settings.port} in INSECURE DEV MODE: "
+                f"?tenant_id= is accepted without a token, so anyone here can read any tenant",
+                style="bold red",
+                highlight=False,
+            )
+        else:
+            err.print(
+                f"pgpulse on http://{settings.host}:{settings.port}  "
+                f"(mint a token: pgpulse token --tenant acme)",
+                highlight=False,
+            )
+        if settings.jwt_secret is None and not settings.jwt_public_key and not settings.jwks_url:
             # The secret is this server's own, so nobody else can mint an admin
             # token yet: hand one over here, as Jupyter does. In the fragment,
             # which browsers never send, so it stays out of every access log.
@@ -360,16 +368,51 @@ def track(
     table: Annotated[str, typer.Argument(help="Table, optionally schema-qualified.")],
     tenant_column: Annotated[str, typer.Option(help="Column holding the tenant id.")],
     topic: Annotated[str | None, typer.Option(help="Topic [default: the table name].")] = None,
+    columns: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated columns that may leave the database (allow-list)."),
+    ] = None,
+    exclude: Annotated[
+        str | None, typer.Option(help="Comma-separated columns that never leave it.")
+    ] = None,
+    user_column: Annotated[
+        str | None, typer.Option(help="Column naming the row's user: only that user gets it.")
+    ] = None,
+    when: Annotated[
+        str | None, typer.Option(help='SQL condition on the row\'s columns, e.g. "NOT draft".')
+    ] = None,
     data_dir: DataDir = None,
 ) -> None:
-    """Publish TABLE.insert/update/delete for every committed write to TABLE."""
+    """Publish TABLE.insert/update/delete for every committed write to TABLE.
+
+    Without --columns, --exclude or --user-column every column of every row
+    goes to every connection of the row's tenant.
+    """
     from .track import track as install
+
+    def names(value: str | None) -> list[str] | None:
+        return None if value is None else [c.strip() for c in value.split(",") if c.strip()]
 
     name = on_database(
         load_settings(data_dir=data_dir),
-        lambda conn: install(conn, table, tenant_column, topic),
+        lambda conn: install(
+            conn,
+            table,
+            tenant_column,
+            topic,
+            columns=names(columns),
+            exclude=names(exclude),
+            user_column=user_column,
+            when=when,
+        ),
     )
     print(f"tracking {name}")
+    if columns is None and exclude is None and user_column is None:
+        err.print(
+            "note: every column of every row goes to the row's whole tenant; "
+            "narrow it with --columns, --exclude or --user-column",
+            highlight=False,
+        )
 
 
 @cli.command()

@@ -8,6 +8,11 @@ is not retried: it raises :class:`~pgpulse.errors.AuthError`; any other 4xx
 answer raises :class:`~pgpulse.errors.PgpulseError` (a wrong URL does not get
 better by retrying).
 
+``token`` may be a function (plain or async) that returns a current token:
+the client then calls it before every connection, and refreshes in band
+(``{"op": "refresh"}``) ahead of each token's expiry, so a long-lived
+stream never reconnects for a token.
+
 The position it resumes from is the newest id the server said this
 connection was sent *or skipped* (the ``ready`` frame), not only the last
 event it yielded: a client filtered to a rare topic would otherwise resume
@@ -21,8 +26,12 @@ and the stream starts exactly where the page ended.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import inspect
 import logging
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -42,7 +51,31 @@ MAX_BACKOFF = 5.0  # seconds
 MIN_BACKOFF = 0.1  # seconds
 OPEN_TIMEOUT = 10.0  # seconds for the WebSocket handshake
 RETRYABLE_4XX = frozenset({408, 429})
+REFRESH_AHEAD = 60.0  # seconds before exp that a token is refreshed (at most a quarter of its life)
+TOKEN_EXPIRED = "token expired"  # the reason of the server's 1008 at exp
 HTTP_TIMEOUT = 30.0  # seconds for a history or position request
+
+TokenProvider = Callable[[], str | Awaitable[str]]
+
+
+def token_expiry(token: str) -> float | None:
+    """The ``exp`` a token carries (read without verifying: only the server can)."""
+    import jwt
+
+    try:
+        exp = jwt.decode(token, options={"verify_signature": False}).get("exp")
+    except jwt.PyJWTError:
+        return None
+    return float(exp) if isinstance(exp, int | float) else None
+
+
+def refresh_at(token: str) -> float | None:
+    """When to refresh ``token`` (Unix time): :data:`REFRESH_AHEAD` before its exp, or a
+    quarter of its remaining life before it for short-lived tokens."""
+    exp = token_expiry(token)
+    if exp is None:
+        return None
+    return exp - min(REFRESH_AHEAD, max(0.0, exp - time.time()) / 4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +93,7 @@ class Client:
     def __init__(
         self,
         url: str,
-        token: str,
+        token: str | TokenProvider,
         *,
         topics: list[str] | None = None,
         last_event_id: int | None = None,
@@ -68,7 +101,9 @@ class Client:
         max_backoff: float = MAX_BACKOFF,
     ) -> None:
         self.url = url
-        self.token = token
+        self._provider = token if callable(token) else None
+        self.token = token if isinstance(token, str) else ""
+        self.refreshes = 0
         self.topics = topics
         self.last_event_id = last_event_id
         self.on_control = on_control
@@ -85,6 +120,30 @@ class Client:
             query["last_event_id"] = str(self.last_event_id)
         path = parts.path.rstrip("/") + "/ws"
         return urlunsplit((scheme, parts.netloc, path, urlencode(query), ""))
+
+    async def _fresh_token(self) -> str:
+        assert self._provider is not None
+        value = self._provider()
+        token = await value if inspect.isawaitable(value) else value
+        if not isinstance(token, str) or not token:
+            raise AuthError("the token provider returned no token")
+        return token
+
+    async def _refresh_ahead(self, ws: Any) -> None:
+        """Send a fresh token before the current one expires, for as long as ``ws`` is open."""
+        while True:
+            at = refresh_at(self.token)
+            if at is None:
+                return
+            await asyncio.sleep(max(0.0, at - time.time()))
+            try:
+                token = await self._fresh_token()
+            except Exception as exc:  # the server closes at exp; the reconnect asks again
+                log.warning("token provider failed: %s", exc)
+                return
+            self.token = token
+            await ws.send(orjson.dumps({"op": "refresh", "token": token}).decode())
+            self.refreshes += 1
 
     async def history(
         self,
@@ -117,11 +176,12 @@ class Client:
         return int(body["last_event_id"])
 
     async def _get(self, path: str, params: dict[str, str]) -> Any:
+        token = await self._fresh_token() if self._provider is not None else self.token
         async with httpx.AsyncClient(timeout=HTTP_TIMEOUT) as http:
             response = await http.get(
                 self.url.rstrip("/") + path,
                 params=params,
-                headers={"Authorization": f"Bearer {self.token}"},
+                headers={"Authorization": f"Bearer {token}"},
             )
         if response.status_code in (401, 403):
             raise AuthError(f"GET {path} refused with HTTP {response.status_code}: {response.text}")
@@ -132,12 +192,17 @@ class Client:
     async def __aiter__(self) -> AsyncIterator[Event]:
         backoff = Backoff(min(MIN_BACKOFF, self.max_backoff), self.max_backoff)
         while True:
+            refresher: asyncio.Task[None] | None = None
             try:
+                if self._provider is not None:
+                    self.token = await self._fresh_token()
                 async with websockets.connect(
                     self.ws_url(), max_size=None, open_timeout=OPEN_TIMEOUT
                 ) as ws:
                     self.connects += 1
                     backoff.reset()
+                    if self._provider is not None:
+                        refresher = asyncio.get_running_loop().create_task(self._refresh_ahead(ws))
                     async for message in ws:
                         body = orjson.loads(message)
                         if "op" in body:
@@ -160,7 +225,12 @@ class Client:
                         self.last_event_id = event.id
                         yield event
             except ConnectionClosed as exc:
-                if exc.rcvd is not None and exc.rcvd.code == WS_1008_POLICY_VIOLATION:
+                expired = exc.rcvd is not None and exc.rcvd.reason == TOKEN_EXPIRED
+                if (
+                    exc.rcvd is not None
+                    and exc.rcvd.code == WS_1008_POLICY_VIOLATION
+                    and not (expired and self._provider is not None)
+                ):
                     raise AuthError(f"refused: {exc.rcvd.reason}") from None
                 log.info("connection closed (%s); resuming after %s", exc, self.last_event_id)
             except InvalidStatus as exc:
@@ -176,4 +246,9 @@ class Client:
                 log.info("handshake failed (%s); retrying", exc)
             except (OSError, TimeoutError) as exc:
                 log.info("cannot connect (%s); retrying", exc)
+            finally:
+                if refresher is not None:
+                    refresher.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await refresher
             await backoff.sleep()

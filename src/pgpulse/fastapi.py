@@ -62,11 +62,11 @@ from .errors import (
     NotRunning,
     PgpulseError,
 )
-from .events import WS_1011_INTERNAL_ERROR, is_name
+from .events import WS_1011_INTERNAL_ERROR, WS_1013_TRY_AGAIN_LATER, is_name
 from .runtime import MigrateMode, Runtime, check_migrate_mode, running
 from .settings import Settings
 from .transports import sse, ws
-from .transports.admission import Policy, Refused, TopicCheck, admit
+from .transports.admission import Admission, Policy, Refused, TopicCheck, admit
 
 __all__ = ["Pgpulse", "Principal"]
 
@@ -120,6 +120,12 @@ class Pgpulse:
         if principal is None:
             principal = self.token_auth = TokenAuth(settings)
         self._principal = _refusals_as_values(principal)
+        # Only the streams take pgpulse's token from the URL (see TokenAuth).
+        self._stream_principal = (
+            _refusals_as_values(self.token_auth.stream)
+            if self.token_auth is not None
+            else self._principal
+        )
         if allowed_origins is None and settings.allowed_origins:
             allowed_origins = settings.allowed_origins
         self._policy = Policy.build(allowed_origins, authorize_topic)
@@ -178,14 +184,21 @@ class Pgpulse:
             raise Refused(str(NotRunning()), 503, WS_1011_INTERNAL_ERROR, reason=NOT_RUNNING_REASON)
         return self._runtime
 
-    def _token_principal(self, conn: HTTPConnection) -> Principal | Refused:
+    def _token_principal(
+        self, conn: HTTPConnection, query_token: bool = False
+    ) -> Principal | Refused:
         """The caller by pgpulse's JWT provider, for routes served ahead of FastAPI."""
         if self.token_auth is None:
             raise ConfigError("only pgpulse's JWT provider can serve routes ahead of FastAPI")
         try:
-            return self.token_auth.principal(conn)
+            return self.token_auth.principal(conn, query_token=query_token)
         except AuthError as exc:
             return _token_refused(exc)
+
+    @property
+    def _verifier(self) -> Verifier | None:
+        """What checks a token a live connection sends in band (``refresh``)."""
+        return self.token_auth.verifier if self.token_auth is not None else None
 
     async def _serve_websocket(self, websocket: WebSocket, principal: Principal | Refused) -> None:
         try:
@@ -197,10 +210,11 @@ class Pgpulse:
                 websocket.query_params.get("last_event_id"),
                 check_origin=True,
             )
+            _check_caps(runtime, admission)
         except Refused as refused:
             await ws.refuse(websocket, refused)
             return
-        await ws.stream(websocket, runtime, admission)
+        await ws.stream(websocket, runtime, admission, self._verifier)
 
     async def _serve_sse(
         self, request: Request, principal: Principal | Refused
@@ -210,18 +224,20 @@ class Pgpulse:
             admission = await admit(
                 request, principal, self._policy, sse.last_event_id(request), check_origin=False
             )
+            _check_caps(runtime, admission)
         except Refused as refused:
             raise sse.refuse(refused) from None
         return sse.stream(runtime, admission)
 
     def _build_router(self) -> APIRouter:
         caller = Depends(self._principal)
+        streamer = Depends(self._stream_principal)
 
-        async def websocket(websocket: WebSocket, principal: Any = caller) -> None:
+        async def websocket(websocket: WebSocket, principal: Any = streamer) -> None:
             await self._serve_websocket(websocket, principal)
 
         async def server_sent_events(
-            request: Request, principal: Any = caller
+            request: Request, principal: Any = streamer
         ) -> StreamingResponse:
             return await self._serve_sse(request, principal)
 
@@ -288,7 +304,14 @@ class TokenAuth:
             self._verifier = Verifier.from_settings(self.settings)
         return self._verifier
 
-    def principal(self, conn: HTTPConnection) -> Principal:
+    def principal(self, conn: HTTPConnection, query_token: bool = False) -> Principal:
+        """The caller from ``Authorization: Bearer`` (or dev mode's ``?tenant_id=``).
+
+        ``query_token`` also accepts ``?token=``: only the streams pass it (``/ws``,
+        ``/sse``), because a browser cannot set headers on a WebSocket or an
+        EventSource. Anywhere else a token in a URL would end up in logs and
+        browser history for nothing.
+        """
         header = conn.headers.get("authorization")
         token: str | None = None
         if header:
@@ -296,7 +319,7 @@ class TokenAuth:
             if scheme.lower() != "bearer" or not value.strip():
                 raise AuthError("Authorization header must be 'Bearer <token>'")
             token = value.strip()
-        else:
+        elif query_token:
             token = conn.query_params.get("token")
         if token:
             return self.verifier.verify(token)
@@ -306,13 +329,24 @@ class TokenAuth:
                 return Principal(
                     tenant_id=tenant,
                     user_id=user if is_name(user := conn.query_params.get("user_id")) else None,
-                    scopes=frozenset({"publish"}),
+                    scopes=frozenset({"publish", "jobs"}),
                 )
-        raise AuthError("missing token: send 'Authorization: Bearer <token>' or '?token='")
+        if not query_token and "token" in conn.query_params:
+            raise AuthError(
+                "send the token in 'Authorization: Bearer <token>'; ?token= is for /ws and /sse"
+            )
+        raise AuthError(
+            "missing token: send 'Authorization: Bearer <token>'"
+            + (" or '?token='" if query_token else "")
+        )
 
     async def __call__(self, conn: HTTPConnection) -> Principal:
         # async on purpose: FastAPI runs a plain ``def`` dependency in a worker thread.
         return self.principal(conn)
+
+    async def stream(self, conn: HTTPConnection) -> Principal:
+        """The caller of a stream (``/ws``, ``/sse``): ``?token=`` is accepted too."""
+        return self.principal(conn, query_token=True)
 
 
 @contextlib.asynccontextmanager
@@ -372,6 +406,14 @@ def _refusals_as_values(provider: PrincipalProvider) -> Callable[..., Awaitable[
     principal.__wrapped__ = provider  # type: ignore[attr-defined]  # its globals resolve the rest
     principal.__name__ = f"pgpulse_principal_{_name(provider)}"
     return principal
+
+
+def _check_caps(runtime: Runtime, admission: Admission) -> None:
+    """Refuse a stream over its tenant's or user's caps or connect rate, for a while."""
+    principal = admission.principal
+    refusal = runtime.caps.refusal(principal.tenant_id, principal.user_id)
+    if refusal is not None:
+        raise Refused(refusal, 429, WS_1013_TRY_AGAIN_LATER, headers={"Retry-After": "1"})
 
 
 def _token_refused(exc: AuthError) -> Refused:

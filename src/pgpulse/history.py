@@ -5,10 +5,20 @@ Ids are gap-free per tenant (see ``sql/migrations/0001_events.sql``), so a
 resume point ``N`` is still whole exactly when the first retained id after it
 is ``N + 1``, or when nothing after it was ever published. Anything else means
 events after ``N`` were pruned: the client gets a reset.
+
+Two bounds keep resuming clients from hurting anyone else. A replay page
+holds at most :data:`REPLAY_PAGE` events and about :data:`REPLAY_PAGE_BYTES`
+of data: the first page is small (:data:`REPLAY_FIRST_PAGE` events) and
+each next one is sized from the rows of the last, so a replay of big events
+reads a few at a time, and one of small events reads hundreds per query.
+And history reads take at most ``max_connections`` of the pool at once,
+leaving the rest to publishing: a thousand clients resuming from 0 queue
+here, not in the pool in front of every publish.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -25,7 +35,15 @@ if TYPE_CHECKING:
     from psycopg_pool import AsyncConnectionPool
 
 
-REPLAY_PAGE = 500  # events per query while replaying
+REPLAY_PAGE = 500  # events per query while replaying, at most
+REPLAY_PAGE_BYTES = 4 * 1024 * 1024  # data per page, about (pages are sized from the last one)
+REPLAY_FIRST_PAGE = 10  # events of the first page, before their size is known
+RESERVED_SHARE = 0.25  # of the pool that history reads leave to publishing (at least one)
+
+
+def history_connections(pool_size: int) -> int:
+    """How many pooled connections history reads may hold at once."""
+    return max(1, pool_size - max(1, int(pool_size * RESERVED_SHARE)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,14 +80,18 @@ def _database_errors() -> Iterator[None]:
 
 
 class History:
-    def __init__(self, pool: AsyncConnectionPool) -> None:
+    def __init__(self, pool: AsyncConnectionPool, max_connections: int | None = None) -> None:
         self._pool = pool
+        limit = (
+            max_connections if max_connections is not None else history_connections(pool.max_size)
+        )
+        self._slots = asyncio.Semaphore(limit)
 
     async def start(self, tenant_id: str, resume_from: int | None) -> Start:
         """Decide where a connection starts; ``resume_from=None`` means "from now"."""
         after = 0 if resume_from is None else resume_from
         with _database_errors():
-            async with self._pool.connection() as conn:
+            async with self._slots, self._pool.connection() as conn:
                 cur = await conn.execute(
                     QUERIES["position"], {"tenant_id": tenant_id, "after": after}
                 )
@@ -122,7 +144,7 @@ class History:
         rows: list[tuple[Any, ...]] = []
         if not forward or start < until:
             with _database_errors():
-                async with self._pool.connection() as conn:
+                async with self._slots, self._pool.connection() as conn:
                     query = QUERIES["replay"] if forward else QUERIES["history_before"]
                     cur = await conn.execute(query, params)
                     rows = await cur.fetchall()
@@ -141,14 +163,18 @@ class History:
         user_id: str | None,
     ) -> AsyncIterator[Event]:
         """The retained events in ``(after, until]`` this connection may see, in id order."""
+        limit = REPLAY_FIRST_PAGE
         while after < until:
             with _database_errors():
-                rows = await self._page(tenant_id, after, until, topics, user_id)
+                rows, more = await self._page(tenant_id, after, until, topics, user_id, limit)
             for row in rows:
                 yield Event.from_row(row)
-            if len(rows) < REPLAY_PAGE:
+            if not more or not rows:
                 return
             after = int(rows[-1][1])
+            # The next page holds about REPLAY_PAGE_BYTES of rows the size of these.
+            average = max(1, sum(len(row[5]) for row in rows) // len(rows))
+            limit = max(1, min(REPLAY_PAGE, REPLAY_PAGE_BYTES // average))
 
     async def _page(
         self,
@@ -157,17 +183,17 @@ class History:
         until: int,
         topics: frozenset[str] | None,
         user_id: str | None,
-    ) -> list[tuple[Any, ...]]:
-        async with self._pool.connection() as conn:
-            cur = await conn.execute(
-                QUERIES["replay"],
-                {
-                    "tenant_id": tenant_id,
-                    "after": after,
-                    "until": until,
-                    "topics": sorted(topics) if topics is not None else None,
-                    "user_id": user_id,
-                    "limit": REPLAY_PAGE,
-                },
-            )
-            return await cur.fetchall()
+        limit: int = REPLAY_FIRST_PAGE,
+    ) -> tuple[list[tuple[Any, ...]], bool]:
+        """One page of at most ``limit`` rows, and whether more may follow it."""
+        params = {
+            "tenant_id": tenant_id,
+            "after": after,
+            "until": until,
+            "topics": sorted(topics) if topics is not None else None,
+            "user_id": user_id,
+        }
+        async with self._slots, self._pool.connection() as conn:
+            cur = await conn.execute(QUERIES["replay"], {**params, "limit": limit})
+            rows = await cur.fetchall()
+        return rows, len(rows) == limit

@@ -41,6 +41,7 @@ class Subscription:
         "busy",
         "closed",
         "direct",
+        "ended",
         "floors",
         "interrupted",
         "max_bytes",
@@ -79,6 +80,9 @@ class Subscription:
         self.overflowed = False
         self.closed = False
         self.restarting = False
+        self.ended: tuple[int, str] | None = None
+        """Why the server ended this connection (a close code and reason), if it did:
+        its token expired, or an operator disconnected it."""
         self.direct: Callable[[bytes], bool] | None = None
         """Set by a live transport that can write pre-framed events
         (:attr:`Event.ws_bytes`, joined) at once without waiting; returns
@@ -148,9 +152,12 @@ class Subscription:
         self.queued_bytes = 0
         return events
 
-    def close(self, restarting: bool = False) -> None:
-        """End the stream; ``restarting`` means the server is going away (1012)."""
+    def close(self, restarting: bool = False, ended: tuple[int, str] | None = None) -> None:
+        """End the stream; ``restarting`` means the server is going away (1012), ``ended``
+        says why the server ends it otherwise (see :attr:`ended`)."""
         self.restarting = self.restarting or restarting
+        if ended is not None and self.ended is None and not self.closed:
+            self.ended = ended
         self.closed = True
         self._wake()
 
@@ -288,6 +295,25 @@ class Hub:
                     subscription.offer(wanted)
                     queued += len(wanted)
         return queued
+
+    def disconnect(self, tenant_id: str, user_id: str | None, ended: tuple[int, str]) -> int:
+        """End the local connections of a tenant (of one user, if given); returns how many."""
+        room = self._rooms.get(tenant_id)
+        if room is None:
+            return 0
+        chosen = [s for s in room.subscriptions if user_id is None or s.user_id == user_id]
+        for subscription in chosen:
+            subscription.close(ended=ended)
+        return len(chosen)
+
+    def count(self, tenant_id: str, user_id: str | None = None) -> int:
+        """Local connections of a tenant (of one user, if given)."""
+        room = self._rooms.get(tenant_id)
+        if room is None:
+            return 0
+        if user_id is None:
+            return len(room.subscriptions)
+        return sum(1 for s in room.subscriptions if s.user_id == user_id)
 
     def close_all(self) -> None:
         """End every stream because the server is going away (clients reconnect elsewhere)."""

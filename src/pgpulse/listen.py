@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
 import psycopg
@@ -48,12 +48,16 @@ class Listen:
         quiet_after: float = 5.0,
         log: logging.Logger | None = None,
         backoff: Backoff | None = None,
+        others: Mapping[str, Callable[[str], None]] | None = None,
     ) -> None:
-        if not channel.isidentifier():
-            raise ValueError(f"a LISTEN channel is an identifier, got {channel!r}")
+        for name in (channel, *(others or {})):
+            if not name.isidentifier():
+                raise ValueError(f"a LISTEN channel is an identifier, got {name!r}")
         self._url = url
         self._channel = channel
         self._on_notify = on_notify
+        self._others = dict(others or {})
+        """More channels on the same connection, each with its own handler."""
         self._on_connect = on_connect
         self._on_quiet = on_quiet
         self._quiet_after = quiet_after
@@ -80,7 +84,8 @@ class Listen:
             while True:
                 try:
                     self._conn = await db.connect(self._url, db.LISTENER_APP_NAME)
-                    await self._conn.execute(f"LISTEN {self._channel}")
+                    for name in (self._channel, *self._others):
+                        await self._conn.execute(f"LISTEN {name}")
                     self.connected = True
                     if listened:
                         self.reconnects += 1
@@ -115,7 +120,8 @@ class Listen:
     async def _receive(self, conn: psycopg.AsyncConnection[Any]) -> None:
         while True:
             async for notify in conn.notifies(timeout=self._quiet_after):
-                self._on_notify(notify.payload)
+                other = self._others.get(notify.channel)
+                (other or self._on_notify)(notify.payload)
             # Quiet for a while: prove the connection alive, and let the user
             # re-read in case a wake-up was missed in a way nothing else catches.
             await asyncio.wait_for(conn.execute("SELECT 1"), PROBE_TIMEOUT)

@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("pgpulse.listener")
 
 CHANNEL = "pgpulse"
+CONTROL_CHANNEL = "pgpulse_control"
+"""Operators' requests to every node (``pgpulse.disconnect``), on the same LISTEN
+connection as the wake-ups; their payload is JSON, never a tenant id."""
 FETCH_LIMIT = 1000  # rows per tenant per read; a longer backlog takes more reads
 
 
@@ -52,6 +55,7 @@ class Listener:
         sink: EventSink,
         poll_interval: float = 5.0,
         on_events: Callable[[int], None] | None = None,
+        on_control: Callable[[str], None] | None = None,
     ) -> None:
         self._pool = pool
         self._sink = sink
@@ -68,6 +72,7 @@ class Listener:
             on_quiet=self.catch_up,  # in case a wake-up was missed in a way nothing else catches
             quiet_after=poll_interval,
             log=log,
+            others={CONTROL_CHANNEL: on_control} if on_control is not None else None,
         )
 
     # -- wiring -----------------------------------------------------------

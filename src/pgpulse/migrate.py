@@ -31,6 +31,23 @@ CREATE TABLE IF NOT EXISTS pgpulse.schema_version (
 """
 
 
+async def _refuse_foreign_schema(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Refuse to adopt a ``pgpulse`` schema that another role owns.
+
+    Its owner could replace pgpulse's functions (which every server and
+    publisher calls, some as their owner) with its own.
+    """
+    cur = await conn.execute(
+        "SELECT pg_get_userbyid(nspowner), current_user FROM pg_namespace WHERE nspname = 'pgpulse'"
+    )
+    row = await cur.fetchone()
+    if row is not None and row[0] != row[1]:
+        raise ConfigError(
+            f"schema pgpulse belongs to role {row[0]!r}, not to {row[1]!r} that migrates it: "
+            f"its owner could change pgpulse's functions; migrate as {row[0]!r}, or drop the schema"
+        )
+
+
 async def current_version(conn: psycopg.AsyncConnection[Any]) -> int:
     cur = await conn.execute("SELECT to_regclass('pgpulse.schema_version') IS NOT NULL")
     row = await cur.fetchone()
@@ -49,6 +66,7 @@ async def migrate(url: str) -> int:
     async with conn:
         await conn.execute("SELECT pg_advisory_lock(%s)", [MIGRATION_LOCK_KEY])
         try:
+            await _refuse_foreign_schema(conn)
             await conn.execute(_BOOTSTRAP)
             version = await current_version(conn)
             if version > latest:

@@ -46,7 +46,8 @@ class DirectRoutes:
         kind = scope["type"]
         if kind == "websocket" and _path(scope) in WS_PATHS:
             websocket = WebSocket(scope, receive, send)
-            await self.pulse._serve_websocket(websocket, self.pulse._token_principal(websocket))
+            principal = self.pulse._token_principal(websocket, query_token=True)
+            await self.pulse._serve_websocket(websocket, principal)
         elif (
             kind == "http"
             and scope["method"] == "POST"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import threading
@@ -29,6 +30,7 @@ from typing import Any, Literal
 from psycopg_pool import AsyncConnectionPool
 
 from . import db, migrate
+from .caps import ConnectionCaps
 from .errors import ConfigError
 from .history import History
 from .hub import Hub
@@ -39,6 +41,7 @@ from .presence import Presence
 from .publish import BatchPublisher
 from .retention import prune_forever
 from .settings import Settings
+from .transports.lifetime import apply_control
 from .transports.subscription import Stream
 
 log = logging.getLogger("pgpulse")
@@ -68,6 +71,8 @@ class Runtime:
     node: ServerNode
     presence: Presence
     """Who is connected to which topic, across nodes."""
+    caps: ConnectionCaps
+    """Caps and connect rate of this process's streams."""
 
 
 @contextlib.asynccontextmanager
@@ -103,9 +108,11 @@ async def running(settings: Settings, migrate_mode: MigrateMode = "auto") -> Asy
             node,
             poll_interval=settings.listener_poll_interval,
             on_events=metrics.events_delivered.inc,
+            # pgpulse.disconnect(): every node ends the named connections.
+            on_control=functools.partial(apply_control, hub),
         )
         hub.on_new_room = listener.kick
-        history = History(pool)
+        history = History(pool)  # leaves a share of the pool to publishing
         presence = Presence(
             url, pool, ttl=settings.presence_ttl, max_members=settings.presence_max_members
         )
@@ -123,6 +130,7 @@ async def running(settings: Settings, migrate_mode: MigrateMode = "auto") -> Asy
             metrics=metrics,
             node=node,
             presence=presence,
+            caps=ConnectionCaps.from_settings(settings),
         )
         listener.start()
         stack.push_async_callback(listener.stop)

@@ -6,11 +6,12 @@ start (an empty JWT secret, a tiny queue) rather than misbehaving later.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -28,6 +29,16 @@ def default_data_dir() -> Path:
     return Path(base) / "pgpulse"
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (or ``localhost``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 class Settings(BaseSettings):
     """Server settings, read from flags and ``PGPULSE_*`` environment variables."""
 
@@ -43,7 +54,9 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
 
-    jwt_secret: str | None = None
+    jwt_secret: SecretStr | None = None
+    """HS256 secret(s), comma-separated for a rotation: the first signs, all verify.
+    A secret type: ``repr`` and logs show ``**********``."""
     jwt_public_key: str | None = None
     """PEM public key for RS256/ES256; when set, HS256 secrets are not accepted."""
     tenant_claim: str = "tenant_id"
@@ -53,7 +66,7 @@ class Settings(BaseSettings):
     pool_max_size: int = Field(default=10, ge=1)
 
     max_payload_bytes: int = Field(default=1024 * 1024, ge=1024)
-    """Largest accepted body of ``POST /api/events`` (413 past it)."""
+    """Largest accepted request body, on every route (413 past it)."""
     queue_max_events: int = Field(default=1000, ge=10)
     """Outbound events a connection may have queued before it is closed with 1013."""
     queue_max_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
@@ -95,6 +108,23 @@ class Settings(BaseSettings):
     presence_max_info_bytes: int = Field(default=1024, ge=0, le=4096)
     """Largest ``info`` (JSON bytes) a client may attach to its presence."""
 
+    jwt_audience: str | None = None
+    """Required ``aud`` of every token (required with public keys or a JWKS URL)."""
+    jwt_issuer: str | None = None
+    """Required ``iss`` of every token (required with public keys or a JWKS URL)."""
+    jwks_url: str | None = None
+    """The identity provider's JWKS (https): RS256/ES256 keys picked by ``kid``."""
+    user_claim: str = "sub"
+    """Claim naming the user; like ``tenant_claim`` and ``topics_claim``, a dotted path
+    (``app_metadata.tenant_id``, ``o.id``) reaches into nested objects."""
+
+    max_connections_per_tenant: int = Field(default=10_000, ge=1)
+    """Open streams (/ws and /sse) of one tenant per process; more are refused (1013, 429)."""
+    max_connections_per_user: int = Field(default=100, ge=1)
+    """Open streams of one user (token ``sub``) per process."""
+    connect_rate_per_tenant: float = Field(default=1000.0, gt=0)
+    """New streams a second of one tenant per process (five seconds' worth at once)."""
+
     @field_validator("allowed_origins", "job_kinds", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
@@ -104,12 +134,25 @@ class Settings(BaseSettings):
 
     @field_validator("jwt_secret")
     @classmethod
-    def _secret_not_weak(cls, value: str | None) -> str | None:
-        if value is not None and len(value.encode()) < 32:
+    def _secret_not_weak(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        parts = [s.strip() for s in value.get_secret_value().split(",") if s.strip()]
+        if not parts or any(len(part.encode()) < 32 for part in parts):
             raise ValueError(
-                "PGPULSE_JWT_SECRET must be at least 32 bytes (HS256 wants a 256-bit key)"
+                "PGPULSE_JWT_SECRET must be at least 32 bytes (HS256 wants a 256-bit key); "
+                "several secrets are separated by commas, each at least 32 bytes"
             )
         return value
+
+    @model_validator(mode="after")
+    def _dev_mode_on_loopback_only(self) -> Settings:
+        if self.insecure_dev and not is_loopback(self.host):
+            raise ValueError(
+                f"insecure dev mode listens on loopback only (127.0.0.1, ::1, localhost), "
+                f"not {self.host!r}: it lets anyone read any tenant"
+            )
+        return self
 
     @property
     def embedded(self) -> bool:

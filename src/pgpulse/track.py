@@ -11,13 +11,21 @@ odd characters), while the tenant column is its exact name. A row whose
 tenant column is NULL or empty publishes nothing; a row that moves between
 tenants is a delete for the old tenant and an insert for the new one (see
 ``sql/migrations/0002_track.sql``).
+
+Without options every column of every row reaches every connection of the
+row's tenant. The options narrow that (``sql/migrations/0005_hardening.sql``):
+``columns`` (an allow-list: nothing else leaves the database), ``exclude``,
+``user_column`` (a row reaches only its user) and ``when`` (a condition on
+the row's columns, in SQL).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
+import orjson
 import psycopg
 from psycopg import sql
 
@@ -50,7 +58,15 @@ async def _resolve(conn: psycopg.AsyncConnection[Any], table: str) -> tuple[str,
 
 
 async def track(
-    conn: psycopg.AsyncConnection[Any], table: str, tenant_column: str, topic: str | None = None
+    conn: psycopg.AsyncConnection[Any],
+    table: str,
+    tenant_column: str,
+    topic: str | None = None,
+    *,
+    columns: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    user_column: str | None = None,
+    when: str | None = None,
 ) -> str:
     """Install (or replace) the trigger; returns the table's qualified name."""
     if topic is not None and not is_name(topic):
@@ -66,12 +82,31 @@ async def track(
         " AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
         [_qualified(schema, name)],
     )
-    columns = [str(row[0]) for row in await cur.fetchall()]
-    if tenant_column not in columns:
-        raise TrackError(
-            f"table {_shown(schema, name)} has no column {tenant_column!r}"
-            f" (its columns: {', '.join(repr(c) for c in columns) or 'none'})"
-        )
+    table_columns = [str(row[0]) for row in await cur.fetchall()]
+    named = [("tenant column", [tenant_column])]
+    if user_column is not None:
+        named.append(("--user-column", [user_column]))
+    named += [("--columns", list(columns or [])), ("--exclude", list(exclude or []))]
+    for option, names in named:
+        unknown = [c for c in names if c not in table_columns]
+        if unknown:
+            what = "column" if option == "tenant column" else f"{option} column"
+            raise TrackError(
+                f"table {_shown(schema, name)} has no {what} {unknown[0]!r}"
+                f" (its columns: {', '.join(repr(c) for c in table_columns) or 'none'})"
+            )
+    if columns is not None and not columns:
+        raise TrackError("--columns names no column")
+    options: dict[str, Any] = {}
+    if columns is not None:
+        options["columns"] = list(columns)
+    if exclude:
+        options["exclude"] = list(exclude)
+    if user_column is not None:
+        options["user_column"] = user_column
+    if when is not None:
+        await _check_condition(conn, schema, name, when)
+        options["when"] = when
     target = sql.Identifier(schema, name)
     try:
         async with conn.transaction():
@@ -83,12 +118,17 @@ async def track(
             await conn.execute(
                 sql.SQL(
                     "CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {}"
-                    " FOR EACH ROW EXECUTE FUNCTION pgpulse.track_trigger({}, {})"
+                    " FOR EACH ROW EXECUTE FUNCTION pgpulse.track_trigger({})"
                 ).format(
                     sql.Identifier(TRIGGER_NAME),
                     target,
-                    sql.Literal(tenant_column),
-                    sql.Literal(topic if topic is not None else name),
+                    sql.SQL(", ").join(
+                        [
+                            sql.Literal(tenant_column),
+                            sql.Literal(topic if topic is not None else name),
+                            *([sql.Literal(orjson.dumps(options).decode())] if options else []),
+                        ]
+                    ),
                 )
             )
     except (psycopg.errors.UndefinedFunction, psycopg.errors.InvalidSchemaName):
@@ -98,6 +138,20 @@ async def track(
             f"cannot track {_shown(schema, name)}: {exc.diag.message_primary}"
         ) from None
     return _shown(schema, name)
+
+
+async def _check_condition(
+    conn: psycopg.AsyncConnection[Any], schema: str, name: str, when: str
+) -> None:
+    """Refuse a ``--when`` that is not a boolean expression over the table's columns."""
+    if "\x00" in when or not when.strip():
+        raise TrackError("--when must be a non-empty SQL condition")
+    probe = sql.SQL("SELECT CASE WHEN ({}) THEN 1 END FROM (SELECT (NULL::{}).*) AS row LIMIT 0")
+    try:
+        async with conn.transaction():
+            await conn.execute(probe.format(sql.SQL(when), sql.Identifier(schema, name)))
+    except psycopg.errors.Error as exc:
+        raise TrackError(f"--when {when!r} does not work: {exc.diag.message_primary}") from None
 
 
 async def untrack(conn: psycopg.AsyncConnection[Any], table: str) -> str:

@@ -16,7 +16,11 @@ stops claiming, lets its jobs finish for a grace period, and gives back the
 rest, queued again at once.
 
 Handlers are ``async def handler(job: Job) -> result``; ``result`` is any
-JSON-serialisable value. An exception fails the job with its message.
+JSON-serialisable value. A :class:`pgpulse.JobFailed` fails the job with its
+message, which the tenant sees; any other exception fails it with
+"internal error" only, because exception texts carry what a tenant must not
+see (connection strings, other tenants' data, stack details): they go to the
+worker's log, with the job's id.
 
 A handler that produces text as it goes (an AI model's tokens) calls
 ``await job.stream(text)``. Browsers see it as it comes, but the event log
@@ -48,7 +52,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from . import db
 from .backoff import Backoff
-from .errors import InvalidJob
+from .errors import InvalidJob, JobFailed
 from .events import MAX_NAME_LENGTH, is_name
 from .listen import Listen
 from .migrate import migrate
@@ -63,6 +67,7 @@ PROGRESS_INTERVAL = 0.1  # seconds: at most ten progress events a second per job
 STREAM_INTERVAL = 0.075  # seconds: streamed text is written, as one event, at most this often
 MAX_OUTPUT_CHARS = 1_000_000  # characters a job may stream in one attempt (checked in SQL too)
 MAX_ERROR_LENGTH = 2000  # characters of a failure's message kept in the job
+INTERNAL_ERROR = "internal error"  # what a tenant sees of an unexpected exception
 MIN_BACKOFF = 0.05  # seconds
 MAX_BACKOFF = 2.0  # seconds between attempts while the database is away
 
@@ -450,14 +455,14 @@ class Worker:
             if job.lost:
                 return  # taken back; another worker runs it
             raise  # shutting down: the job is given back
-        except InvalidJob as exc:  # the result would not encode
-            error = str(exc)
+        except (InvalidJob, JobFailed) as exc:  # the result would not encode; or on purpose
+            error = str(exc)[:MAX_ERROR_LENGTH]
         except Exception as exc:
             if isinstance(exc, TimeoutError) and timer.expired():
                 error = f"timed out after {self.timeout:g} s"
             else:
                 log.exception("job %s (%s) failed", job.id, job.kind)
-                error = describe_failure(exc)
+                error = INTERNAL_ERROR
         finally:
             job.stop_reporting()
         await job.settle_output()
@@ -555,12 +560,6 @@ class Worker:
         }
 
 
-def describe_failure(exc: BaseException) -> str:
-    """A handler's exception as the job's ``error``: its type and message, bounded."""
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return text[:MAX_ERROR_LENGTH]
-
-
 async def echo(job: Job) -> Any:
     """Built-in kind ``echo``: the result is the input."""
     return job.input
@@ -569,10 +568,13 @@ async def echo(job: Job) -> Any:
 async def sleep(job: Job) -> Any:
     """Built-in kind ``sleep``: ``{"seconds": s, "steps": n}``, reporting each step."""
     spec = job.input if isinstance(job.input, dict) else {}
-    seconds = float(spec.get("seconds", 1.0))
-    steps = max(1, int(spec.get("steps", 10)))
+    try:
+        seconds = float(spec.get("seconds", 1.0))
+        steps = max(1, int(spec.get("steps", 10)))
+    except (TypeError, ValueError):
+        raise JobFailed("seconds and steps must be numbers") from None
     if not 0 <= seconds <= 3600:
-        raise ValueError("seconds must be from 0 to 3600")
+        raise JobFailed("seconds must be from 0 to 3600")
     for step in range(1, steps + 1):
         await asyncio.sleep(seconds / steps)
         await job.progress(step / steps, f"step {step} of {steps}")

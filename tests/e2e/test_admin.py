@@ -317,7 +317,7 @@ async def test_minted_tokens_belong_to_one_tenant_and_never_carry_admin(
         minted = r.json()
         claims = jwt.decode(minted["token"], SECRET, algorithms=["HS256"])
         assert claims["tenant_id"] == tenant and claims["sub"] == "alice"
-        assert claims["scope"] == "publish" and claims["topics"] == ["a", "ai_jobs"]
+        assert claims["scope"] == "publish jobs" and claims["topics"] == ["a", "ai_jobs"]
         assert 55 <= claims["exp"] - claims["iat"] <= 60 and minted["expires_in"] == 60
 
         r = await http.get("/api/admin/overview", headers=bearer(minted["token"]))

@@ -128,16 +128,20 @@ async def test_public_key_and_algorithm_confusion(
     alg = "RS256" if kind == "rsa" else "ES256"
     exp = int(time.time()) + 600
     assert isinstance(tmp_path, Path)
-    async with start_server(database_url, tmp_path, jwt_public_key=pem, jwt_secret=None) as srv:
-        good = jwt.encode({"tenant_id": tenant, "exp": exp}, private, algorithm=alg)
+    idp = {"jwt_audience": "pgpulse", "jwt_issuer": "https://idp.example"}
+    async with start_server(
+        database_url, tmp_path, jwt_public_key=pem, jwt_secret=None, **idp
+    ) as srv:
+        claims = {"tenant_id": tenant, "exp": exp, "aud": "pgpulse", "iss": "https://idp.example"}
+        good = jwt.encode(claims, private, algorithm=alg)
         async with srv.connect(good) as ws:
             ready = await until_ready(ws)
             assert ready[-1]["op"] == "ready"
         # Algorithm confusion: HS256 "signed" with the public key as secret.
-        forged = forged_hs256({"tenant_id": tenant, "exp": exp}, pem)
+        forged = forged_hs256(claims, pem)
         await assert_refused_ws(srv, forged)
         await assert_refused_ws(srv, mint(tenant))  # an HS256 token is not accepted at all
-        await assert_refused_ws(srv, none_alg({"tenant_id": tenant, "exp": exp}))
+        await assert_refused_ws(srv, none_alg(claims))
 
 
 async def test_insecure_dev_mode_is_explicit(

@@ -5,15 +5,19 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import signal
 import stat
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import orjson
 import psycopg
+import pytest
 import websockets
 
 import pgpulse as pgpulse_api
@@ -51,8 +55,20 @@ def postmaster_running(pgdata: Path) -> bool:
     return True
 
 
-async def test_zero_config_serve_token_publish(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
+@pytest.fixture
+def open_tmp() -> Iterator[Path]:
+    """A folder others may list, as the embedded PostgreSQL wants its parents when run as
+    root (pytest's own temporary folders are private: it would refuse them)."""
+    path = Path(tempfile.mkdtemp(prefix="pgpulse-cli-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+async def test_zero_config_serve_token_publish(open_tmp: Path) -> None:
+    data_dir = open_tmp / "data"
     env = clean_env(data_dir)
     port = free_port()
     server = ServerProcess([], env, port)
@@ -154,3 +170,32 @@ def test_worker_refuses_a_bad_app_in_one_line(database_url: str) -> None:
         result = pgpulse("worker", "--app", app, env=env)
         assert result.returncode == 2, (app, result.stderr)
         assert message in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the wheel opens folders only when run as root")
+def test_embedded_as_root_refuses_unsafe_data_directories(tmp_path: Path) -> None:
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    too_long = Path("/tmp") / ("d" * 100)
+    for data_dir, expected in ((private / "data", "would open"), (too_long, "too long")):
+        proc = pgpulse("serve", "--port", "0", env=clean_env(data_dir))
+        assert proc.returncode != 0, proc.stderr
+        assert expected in proc.stderr and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert stat.S_IMODE(private.stat().st_mode) == 0o700  # left as it was
+    assert not too_long.exists()
+
+
+def test_dev_mode_refuses_a_public_address_and_names_itself(
+    database_url: str, tmp_path: Path
+) -> None:
+    env = {**clean_env(tmp_path), "PGPULSE_DATABASE_URL": database_url}
+    proc = pgpulse("serve", "--insecure-dev", "--host", "0.0.0.0", env=env)
+    assert proc.returncode == 2 and "loopback" in proc.stderr, proc.stderr
+    assert proc.stderr.strip().count("\n") == 0
+    server = ServerProcess(["--insecure-dev"], env, free_port())
+    try:
+        server.wait_ready()
+        assert "INSECURE DEV MODE" in server.output()
+    finally:
+        server.stop()
+        server.close()

@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -240,3 +241,36 @@ async def test_tail_prints_event_json_lines(server: ServerHandle, tenant: str) -
                 await proc.wait()
     stderr = (await proc.stderr.read()).decode() if proc.stderr else ""
     assert "Traceback" not in stderr
+
+
+async def test_client_refreshes_its_token_in_band_before_exp(
+    server: ServerHandle, tenant: str
+) -> None:
+    from pgpulse.client import Client, token_expiry
+
+    minted: list[str] = []
+
+    async def provider() -> str:
+        minted.append(mint(tenant, ttl=3))
+        return minted[-1]
+
+    client = Client(server.url, provider)
+    got: list[int] = []
+
+    async def consume() -> None:
+        async for event in client:
+            got.append(event.id)
+            if len(got) == 2:
+                return
+
+    consumer = asyncio.create_task(consume())
+    async with asyncio.timeout(10):
+        while client.last_event_id is None:  # set by the first ready
+            await asyncio.sleep(0.02)
+        await publish(server.runtime.database_url, tenant, "before")
+        first_exp = token_expiry(minted[0])
+        assert first_exp is not None
+        await asyncio.sleep(max(0.0, first_exp - time.time()) + 1.0)  # past the first exp
+        await publish(server.runtime.database_url, tenant, "after")
+        await consumer
+    assert client.connects == 1 and client.refreshes >= 1 and len(got) == 2

@@ -27,7 +27,7 @@ async def test_each_publish_path_reaches_its_tenant_only(
             r = await http.post(
                 "/api/notifications",
                 json={"message": "hello"},
-                headers={"Authorization": f"Bearer {mint(tenant)}"},
+                headers={"Authorization": f"Bearer {mint(tenant, scopes=['publish'])}"},
             )
             assert r.status_code == 201, r.text
             created = r.json()
@@ -104,7 +104,7 @@ async def test_alias_route_and_sse_share_the_stream(server: ServerHandle, tenant
         r = await http.post(
             "/api/notifications",
             json={"message": "m"},
-            headers={"Authorization": f"Bearer {mint(tenant)}"},
+            headers={"Authorization": f"Bearer {mint(tenant, scopes=['publish'])}"},
         )
         assert r.status_code == 201
         [got] = await events(ws, 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ from pgpulse import Job, JobLost, Worker
 
 from ..jobs_support import job_row, running, until_status
 from ..support import TIMEOUT, ServerHandle, events, mint, no_more_events, start_server, until_ready
+
+JOBS = ["jobs"]  # the scope POST /api/jobs needs
 
 
 async def submit(server: ServerHandle, token: str, body: object) -> str:
@@ -43,7 +46,7 @@ async def test_a_job_reports_start_progress_and_result_in_order(
             await job.progress(step / 4, f"chunk {step}")
         return {"summary": job.input["text"].upper()}
 
-    token = mint(tenant)
+    token = mint(tenant, scopes=JOBS)
     async with (
         server.connect(token, topics="ai_jobs") as ws,
         running(worker, server.runtime.database_url),
@@ -82,9 +85,9 @@ async def test_a_failing_handler_fails_the_job_with_its_message(
     @worker.handler(kind)
     async def flaky(job: Job) -> Any:
         await job.progress(0.3)
-        raise RuntimeError("model unavailable")
+        raise pgpulse.JobFailed("model unavailable")
 
-    token = mint(tenant)
+    token = mint(tenant, scopes=JOBS)
     async with (
         server.connect(token, topics="ai_jobs") as ws,
         running(worker, server.runtime.database_url),
@@ -93,10 +96,48 @@ async def test_a_failing_handler_fails_the_job_with_its_message(
         job_id = await submit(server, token, {"kind": kind})
         frames = await events(ws, 3)
         assert [f["type"] for f in frames] == ["ai_job.started", "ai_job.progress", "ai_job.failed"]
-        assert frames[2]["data"] == {"job_id": job_id, "error": "RuntimeError: model unavailable"}
+        assert frames[2]["data"] == {"job_id": job_id, "error": "model unavailable"}
     status, body = await read(server, token, job_id)
     assert (status, body["status"], body["progress"]) == (200, "failed", 0.3)
-    assert body["error"] == "RuntimeError: model unavailable" and body["result"] is None
+    assert body["error"] == "model unavailable" and body["result"] is None
+
+
+async def test_an_unexpected_exception_never_reaches_the_tenant(
+    server: ServerHandle, tenant: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = "postgresql://app:hunter2@db.internal/prod"
+    kind = "leaky-" + tenant
+    worker = Worker(poll_interval=1.0)
+
+    @worker.handler(kind)
+    async def leaky(job: Job) -> Any:
+        raise RuntimeError(f"cannot reach {secret}")
+
+    token = mint(tenant, scopes=JOBS)
+    with caplog.at_level(logging.ERROR, logger="pgpulse.worker"):
+        async with (
+            server.connect(token, topics="ai_jobs") as ws,
+            running(worker, server.runtime.database_url),
+        ):
+            await until_ready(ws)
+            job_id = await submit(server, token, {"kind": kind})
+            frames = await events(ws, 2)
+    assert frames[-1]["type"] == "ai_job.failed"
+    assert frames[-1]["data"] == {"job_id": job_id, "error": "internal error"}
+    status, body = await read(server, token, job_id)
+    assert (status, body["error"]) == (200, "internal error")
+    async with await psycopg.AsyncConnection.connect(server.runtime.database_url) as c:
+        cur = await c.execute(
+            "SELECT count(*) FROM pgpulse.events WHERE tenant_id = %s AND data::text LIKE %s",
+            [tenant, "%hunter2%"],
+        )
+        row = await cur.fetchone()
+        cur = await c.execute("SELECT error FROM pgpulse.jobs WHERE id = %s", [job_id])
+        stored = await cur.fetchone()
+    assert row is not None and row[0] == 0 and stored == ("internal error",)
+    # The operator still learns what happened, with the job's id.
+    logged = "\n".join(r.getMessage() + str(r.exc_info) for r in caplog.records)
+    assert job_id in logged and "hunter2" in logged
 
 
 async def test_results_that_are_not_json_and_timeouts_fail_the_job(
@@ -112,7 +153,7 @@ async def test_results_that_are_not_json_and_timeouts_fail_the_job(
     async def too_slow(job: Job) -> Any:
         await asyncio.Event().wait()
 
-    token = mint(tenant)
+    token = mint(tenant, scopes=JOBS)
     async with (
         server.connect(token, topics="ai_jobs") as ws,
         running(worker, server.runtime.database_url),
@@ -133,8 +174,8 @@ async def test_results_that_are_not_json_and_timeouts_fail_the_job(
 async def test_jobs_are_private_to_their_tenant_and_user(server: ServerHandle, tenant: str) -> None:
     kind = "private-" + tenant
     worker = Worker({kind: _done}, poll_interval=1.0)
-    ann, bob = mint(tenant, user="ann"), mint(tenant, user="bob")
-    other_tenant = mint(tenant + "-other", user="ann")
+    ann, bob = mint(tenant, user="ann", scopes=JOBS), mint(tenant, user="bob", scopes=JOBS)
+    other_tenant = mint(tenant + "-other", user="ann", scopes=JOBS)
     async with (
         server.connect(ann, topics="ai_jobs") as ws_ann,
         server.connect(bob, topics="ai_jobs") as ws_bob,
@@ -176,7 +217,7 @@ async def test_bad_jobs_get_422_naming_the_field(
 ) -> None:
     async with server.http() as http:
         r = await http.post(
-            "/api/jobs", json=body, headers={"Authorization": f"Bearer {mint(tenant)}"}
+            "/api/jobs", json=body, headers={"Authorization": f"Bearer {mint(tenant, scopes=JOBS)}"}
         )
     assert r.status_code == 422, r.text
     assert detail in r.json()["detail"]
@@ -186,7 +227,7 @@ async def test_unauthenticated_and_oversized_requests_are_refused(
     database_url: str, tmp_path: Path, tenant: str
 ) -> None:
     async with start_server(database_url, tmp_path, max_payload_bytes=2048, job_kinds="a,b") as srv:
-        auth = {"Authorization": f"Bearer {mint(tenant)}"}
+        auth = {"Authorization": f"Bearer {mint(tenant, scopes=JOBS)}"}
         async with srv.http() as http:
             assert (await http.post("/api/jobs", json={"kind": "a"})).status_code == 401
             assert (await http.get("/api/jobs/0")).status_code == 401
@@ -212,7 +253,7 @@ async def test_a_stopping_worker_gives_its_jobs_back_to_the_next(
         started.set()
         await asyncio.Event().wait()
 
-    token = mint(tenant)
+    token = mint(tenant, scopes=JOBS)
     url = server.runtime.database_url
     async with running(first, url):
         job_id = await submit(server, token, {"kind": kind})
@@ -268,7 +309,7 @@ async def test_metrics_show_the_backlog_and_its_age(server: ServerHandle, tenant
     async with server.http() as http:
         before = (await http.get("/metrics")).text
         for _ in range(2):  # a kind no worker runs: they wait
-            await submit(server, mint(tenant), {"kind": "unserved-" + tenant})
+            await submit(server, mint(tenant, scopes=JOBS), {"kind": "unserved-" + tenant})
         after = (await http.get("/metrics")).text
     assert gauge(after, queued) == gauge(before, queued) + 2
     assert gauge(after, "pgpulse_jobs_oldest_queued_seconds") > 0

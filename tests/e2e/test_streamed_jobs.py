@@ -68,7 +68,7 @@ async def test_a_client_joining_halfway_ends_with_exactly_the_whole_text(
             await asyncio.sleep(0.008)
         return None
 
-    token = mint(tenant, "alice")
+    token = mint(tenant, "alice", scopes=["jobs"])
     url = server.runtime.database_url
     async with server.connect(token, topics="ai_jobs") as early, running(worker, url):
         await until_ready(early)
@@ -134,7 +134,7 @@ async def test_stream_checks_its_text(server: ServerHandle, tenant: str) -> None
         await job.stream("")  # nothing to say is fine
         return {"streamed": job.streamed}
 
-    token = mint(tenant)
+    token = mint(tenant, scopes=["jobs"])
     async with running(worker, server.runtime.database_url):
         job_id = await submit(server, token, kind)
         async with asyncio.timeout(TIMEOUT):

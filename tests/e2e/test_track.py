@@ -140,3 +140,25 @@ async def test_cli_track_and_untrack(
     # Messages keep names literally, brackets included (no console markup).
     code, out, err = await run_cli("track", "public.[b]x[/b]", "--tenant-column", "c", env=env)
     assert code == 1 and "'public.[b]x[/b]' does not exist" in err
+
+
+async def test_a_column_outside_the_allow_list_never_leaves_the_database(
+    server: ServerHandle, database_url: str, table: str, tenant: str, tmp_path: object
+) -> None:
+    env = {"PGPULSE_DATABASE_URL": database_url, "PGPULSE_DATA_DIR": str(tmp_path)}
+    code, _, err = await run_cli("track", table, "--tenant-column", "org", env=env)
+    assert code == 0 and "whole tenant" in err  # the warning without options
+    code, _, err = await run_cli(
+        "track", table, "--tenant-column", "org", "--columns", "id,org", env=env
+    )
+    assert code == 0 and "whole tenant" not in err, err
+    async with (
+        await psycopg.AsyncConnection.connect(database_url, autocommit=True) as c,
+        server.connect(mint(tenant)) as ws,
+    ):
+        await until_ready(ws)
+        await c.execute(f"INSERT INTO {table} VALUES (1, %s, 'secret-card-4111')", [tenant])
+        [got] = await events(ws, 1)
+        assert got["data"]["new"] == {"id": 1, "org": tenant}
+        cur = await c.execute("SELECT count(*) FROM pgpulse.events WHERE data::text LIKE '%4111%'")
+        assert await cur.fetchone() == (0,)

@@ -18,6 +18,8 @@ from ..jobs_support import job_row, running, until_status, worker_process
 from ..support import TIMEOUT, ServerHandle, events, mint
 from .conftest import PrivatePostgres
 
+JOBS = ["jobs"]  # the scope POST /api/jobs needs
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -35,7 +37,7 @@ async def test_a_killed_workers_job_is_run_again_by_another(
         ["--app", "tests.faults.job_app:worker"],
         {"PGPULSE_DATABASE_URL": url, "PYTHONPATH": str(ROOT)},
     )
-    token = mint(tenant)
+    token = mint(tenant, scopes=JOBS)
     try:
         async with server.connect(token, topics="ai_jobs", last_event_id=0) as ws:
             frames = await events(ws, 2, timeout=30)  # started, then a progress report

@@ -185,3 +185,92 @@ async def test_a_database_without_pgpulse_is_told_to_migrate(fresh_database: str
         await c.execute("CREATE TABLE t (tenant text)")
         with pytest.raises(TrackError, match="pgpulse migrate"):
             await track(c, "t", "tenant")
+
+
+async def test_only_allowed_columns_leave_the_database(db: Conn, schema: str, tenant: str) -> None:
+    await db.execute(
+        f"CREATE TABLE {schema}.users (id int PRIMARY KEY, org text, name text,"
+        " password_hash text, ssn text)"
+    )
+    await track(db, f"{schema}.users", "org", columns=["id", "name"])
+    await db.execute(
+        f"INSERT INTO {schema}.users VALUES (1, %s, 'ann', 'bcrypt$secret-hash', '123-45-6789')",
+        [tenant],
+    )
+    await db.execute(f"UPDATE {schema}.users SET password_hash = 'bcrypt$other' WHERE id = 1")
+    cur = await db.execute(
+        "SELECT data::text FROM pgpulse.events WHERE tenant_id = %s ORDER BY id", [tenant]
+    )
+    texts = [r[0] for r in await cur.fetchall()]
+    assert len(texts) == 2
+    for text in texts:
+        assert "secret-hash" not in text and "bcrypt" not in text and "6789" not in text
+        assert '"name": "ann"' in text
+
+    await track(db, f"{schema}.users", "org", exclude=["password_hash", "ssn"])
+    await db.execute(f"UPDATE {schema}.users SET name = 'anne' WHERE id = 1")
+    events = await tenant_events(db, tenant)
+    assert set(events[-1][3]["new"]) == {"id", "org", "name"}
+
+
+async def test_user_column_and_condition(db: Conn, schema: str, tenant: str) -> None:
+    await db.execute(
+        f"CREATE TABLE {schema}.docs (id int PRIMARY KEY, org text, owner text, draft bool)"
+    )
+    await track(db, f"{schema}.docs", "org", user_column="owner", when="NOT draft")
+    await db.execute(
+        f"INSERT INTO {schema}.docs VALUES (1, %s, 'ann', true), (2, %s, 'bob', false),"
+        " (3, %s, NULL, false)",
+        [tenant] * 3,
+    )
+    await db.execute(f"UPDATE {schema}.docs SET draft = false WHERE id = 1")  # joins: insert
+    await db.execute(f"UPDATE {schema}.docs SET owner = 'cid' WHERE id = 2")  # moves user
+    await db.execute(f"UPDATE {schema}.docs SET draft = true WHERE id = 1")  # leaves: delete
+    cur = await db.execute(
+        "SELECT type, user_id, (data->'new'->>'id')::int, (data->'old'->>'id')::int"
+        " FROM pgpulse.events WHERE tenant_id = %s ORDER BY id",
+        [tenant],
+    )
+    assert await cur.fetchall() == [
+        ("docs.insert", "bob", 2, None),
+        ("docs.insert", "ann", 1, None),
+        ("docs.delete", "bob", None, 2),
+        ("docs.insert", "cid", 2, None),
+        ("docs.delete", "ann", None, 1),
+    ]
+    with pytest.raises(TrackError, match="--when"):
+        await track(db, f"{schema}.docs", "org", when="no_such_column > 1")
+    with pytest.raises(TrackError, match="--when"):
+        await track(db, f"{schema}.docs", "org", when="id")  # not a condition
+    with pytest.raises(TrackError, match="--columns column 'nope'"):
+        await track(db, f"{schema}.docs", "org", columns=["id", "nope"])
+    with pytest.raises(TrackError, match="--user-column"):
+        await track(db, f"{schema}.docs", "org", user_column="nobody")
+
+
+async def test_huge_rows_publish_a_compact_marker(db: Conn, schema: str, tenant: str) -> None:
+    await db.execute(f"CREATE TABLE {schema}.blobs (id int PRIMARY KEY, org text, body text)")
+    await track(db, f"{schema}.blobs", "org")
+    async with db.transaction():
+        await db.execute("SET LOCAL pgpulse.max_payload_bytes = 100000")
+        await db.execute(
+            f"INSERT INTO {schema}.blobs VALUES (7, %s, %s)", [tenant, "x" * 5_000_000]
+        )
+    ((_, _, type_, data),) = await tenant_events(db, tenant)
+    assert type_ == "blobs.insert"
+    assert data["too_large"] is True and data["key"] == {"id": 7} and data["size"] > 100_000
+    assert "body" not in data and "new" not in data
+
+
+async def test_sql_publish_enforces_the_payload_limit(db: Conn, tenant: str) -> None:
+    async with db.transaction():
+        await db.execute("SET LOCAL pgpulse.max_payload_bytes = 1000")
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded, match="limit is 1000 bytes"):
+            await db.execute(
+                "SELECT pgpulse.publish(%s, 't', 'big', %s::jsonb)", [tenant, f'"{"y" * 2000}"']
+            )
+    with pytest.raises(psycopg.errors.ProgramLimitExceeded):
+        await db.execute(
+            "SELECT pgpulse.publish(%s, 't', 'big', to_jsonb(repeat('z', 9000000)))", [tenant]
+        )
+    assert await tenant_events(db, tenant) == []

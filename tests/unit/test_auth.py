@@ -56,3 +56,46 @@ def test_cached_token_still_expires() -> None:
     time.sleep(1.5)  # the token's own lifetime running out: nothing else to await
     with pytest.raises(AuthError, match="expired"):
         v.verify(token)
+
+
+def test_tokens_over_8_kib_are_refused_before_decoding() -> None:
+    from pgpulse.limits import MAX_TOKEN_BYTES
+
+    secret = "s" * 32
+    verifier = Verifier(secret, ["HS256"], signing_key=secret)
+    with pytest.raises(AuthError, match="limit"):
+        verifier.verify("x" * (MAX_TOKEN_BYTES + 1))
+
+
+def test_close_reasons_are_cut_by_bytes_not_characters() -> None:
+    from pgpulse.limits import close_reason
+
+    assert close_reason("short") == "short"
+    cut = close_reason("é" * 100)
+    assert len(cut.encode()) <= 123 and cut == "é" * 61
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        '127.0.0.1:5 - "GET /ws?token=abc.def.ghi&topics=a HTTP/1.1" 101',
+        '"GET /sse?topics=a&%74oken=abc.def.ghi HTTP/1.1"',
+        '"GET /sse?tok%65n=abc.def.ghi"',
+        '"GET /sse?%2574oken=abc.def.ghi"',
+        '"GET /sse?TOKEN=abc.def.ghi"',
+        '"GET /sse?x=1;token=abc.def.ghi"',
+        "token=abc.def.ghi",
+    ],
+)
+def test_tokens_are_redacted_from_logs_however_encoded(line: str) -> None:
+    from pgpulse.app import RedactTokens
+
+    assert "abc.def.ghi" not in RedactTokens.redact(line)
+    assert "topics=a" in RedactTokens.redact(line + "&topics=a")
+
+
+def test_anything_shaped_like_a_jwt_is_redacted() -> None:
+    from pgpulse.app import RedactTokens
+
+    token = verifier().mint("acme")
+    assert token not in RedactTokens.redact(f"refused {token} from 10.0.0.1")

@@ -140,7 +140,7 @@ function Demo(): ReactElement {
     return (
       <p>
         Add <code>?server=http://127.0.0.1:8000&amp;token=…</code> to the address (mint one with{" "}
-        <code>pgpulse token --tenant acme</code>).
+        <code>pgpulse token --tenant acme --scope publish --scope jobs</code>).
       </p>
     );
   }

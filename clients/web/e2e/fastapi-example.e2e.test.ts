@@ -15,7 +15,7 @@ import type { Browser, BrowserContext, Page } from "playwright-core";
 import { build } from "vite";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 
-import { removeDataDir } from "../test/support/server.js";
+import { openTempDir, removeDataDir } from "../test/support/server.js";
 import { startExample, type RunningExample } from "./support/example.js";
 import { launchChromium } from "./support/browser.js";
 
@@ -34,7 +34,7 @@ beforeAll(async () => {
   // Built into a folder of its own, as the demo's test does, so runs side by side do not collide.
   pageDir = await mkdtemp(join(tmpdir(), "pgpulse-example-page-"));
   await build({ configFile: EXAMPLE_CONFIG, logLevel: "warn", build: { outDir: pageDir, emptyOutDir: true } });
-  dataDir = await mkdtemp(join(tmpdir(), "pgpulse-example-"));
+  dataDir = await openTempDir("pgpulse-example-");
   example = await startExample({ dataDir, pageDir });
   browser = await launchChromium();
 });

@@ -124,7 +124,7 @@ describe("hooks in Chromium", () => {
   it("useJob joins a streamed answer halfway: the text so far, then the rest, exactly", async () => {
     const { server } = running();
     const tenant = uniqueTenant("e2e-job");
-    const token = mintToken({ tenant_id: tenant, sub: "alice" });
+    const token = mintToken({ tenant_id: tenant, sub: "alice", scope: "jobs" });
     const words = Array.from({ length: 120 }, (_, i) => `wörd${i}${i % 10 === 9 ? "\n" : " "}`);
     const whole = words.join("") + "🙂 end";
     const worker = await startWorker(server.dataDir);

@@ -174,7 +174,7 @@ describe("NotificationCenter in Chromium", () => {
   it("shows a real job's progress and completion", async () => {
     const { browser, server } = running();
     const tenant = uniqueTenant("e2e-jobs");
-    const token = mintToken({ tenant_id: tenant, sub: "alice" });
+    const token = mintToken({ tenant_id: tenant, sub: "alice", scope: "jobs" });
     const worker = await startWorker(server.dataDir);
     const context = await browser.newContext();
     try {
@@ -232,7 +232,7 @@ describe("NotificationCenter in Chromium", () => {
 
   it("shows a streamed answer as it is produced, then whole", async () => {
     const { browser, server } = running();
-    const token = mintToken({ tenant_id: uniqueTenant("e2e-answer") });
+    const token = mintToken({ tenant_id: uniqueTenant("e2e-answer"), scope: "jobs" });
     const worker = await startWorker(server.dataDir);
     const context = await browser.newContext();
     try {

@@ -44,6 +44,12 @@ export interface NotificationCenterProps
   readonly defaultOpen?: boolean;
   /** A localStorage key under which to remember what was read; default: not remembered. */
   readonly storageKey?: string;
+  /**
+   * Where jobs are listed from (`{jobsUrl}/api/jobs`) when that is not `url`: for
+   * pgpulse inside an app under a prefix, whose notification history is the app's
+   * own. Default: `url`.
+   */
+  readonly jobsUrl?: string;
 }
 
 const DEFAULT_TITLE = "Notifications";
@@ -120,11 +126,11 @@ export function NotificationCenter(props: NotificationCenterProps): ReactElement
     const controller = new AbortController();
     pendingHistory.current = controller;
     needsHistory.current = false;
-    const { url, token, historyLimit } = latestProps.current;
+    const { url, token, historyLimit, jobsUrl } = latestProps.current;
     try {
       const [stored, recentJobs] = await Promise.all([
         listNotifications({ url, token, signal: controller.signal }, { limit: historyLimit ?? DEFAULT_HISTORY_LIMIT }),
-        listJobs({ url, token, signal: controller.signal }, { limit: maxJobs }),
+        listJobs({ url: jobsUrl ?? url, token, signal: controller.signal }, { limit: maxJobs }),
       ]);
       setItems((current) => mergeNotifications(current, stored.map(notificationFromStored), maxItems));
       setJobs((current) => mergeJobSnapshots(current, recentJobs.jobs, maxJobs));

@@ -20,6 +20,11 @@
  * - 1012 (server restart), 1013 (slow consumer, database away), 1006 (the
  *   network), anything else: reconnect after an exponential delay with
  *   jitter, and resume.
+ * - 1008 "token expired" after `ready`: the token ran out; with a function
+ *   the client reconnects with a fresh one. But it rarely comes to that: when
+ *   `token` is a function the client asks it for a new token ahead of each
+ *   token's `exp` and hands it to the server in band
+ *   (`{"op": "refresh", "token": ...}`), so the connection stays up.
  * - Silence: browsers do not expose protocol pings, so the client sends
  *   `{"op": "ping"}` after a quiet spell and gives the connection up when
  *   nothing answers in time. A socket on a dead network can stay "open" for
@@ -46,7 +51,7 @@ import {
   type ResetReason,
 } from "./protocol.js";
 import type { HttpOptions } from "./http.js";
-import { resolveOptionalToken, type TokenSource } from "./token.js";
+import { refreshDelay, resolveOptionalToken, resolveToken, type TokenSource } from "./token.js";
 
 /**
  * Where the client stands.
@@ -245,6 +250,9 @@ export class PgpulseClient {
   #retryTimer: ReturnType<typeof setTimeout> | null = null;
   #pingTimer: ReturnType<typeof setTimeout> | null = null;
   #deadlineTimer: ReturnType<typeof setTimeout> | null = null;
+  #refreshTimer: ReturnType<typeof setTimeout> | null = null;
+  /** The token the current connection is living on (the last one the server accepted). */
+  #token: string | undefined;
   #wasLive = false;
   #resetPending = false;
   #refused: { readonly token: string | undefined; readonly status: Refusal } | null = null;
@@ -530,6 +538,7 @@ export class PgpulseClient {
       return;
     }
     this.#socket = socket;
+    this.#token = token;
     this.#resetPending = false;
     let live = false;
     let handshakeRefusal: Refusal | null = null;
@@ -549,7 +558,12 @@ export class PgpulseClient {
         return;
       }
       const control = this.#receive(message.data);
-      if (control?.op === "ready") live = true;
+      if (control?.op === "ready") {
+        live = true;
+        this.#armRefresh(socket);
+      } else if (control?.op === "refreshed") {
+        this.#armRefresh(socket);
+      }
     };
     socket.onerror = (event) => {
       // Only Node's `ws` says why a handshake failed; a browser reports a
@@ -561,6 +575,7 @@ export class PgpulseClient {
       this.#socket = null;
       this.#live = false;
       this.#clearKeepalive();
+      this.#clearRefresh();
       this.#settleRequests();
       const refusal = handshakeRefusal ?? (code === WS_1008_POLICY_VIOLATION && !live ? refusalOf(reason) : null);
       this.#afterClose(code, reason, refusal === null ? null : { token, status: refusal });
@@ -642,6 +657,7 @@ export class PgpulseClient {
         break;
       }
       case "pong":
+      case "refreshed":
         break;
     }
     return control;
@@ -695,6 +711,40 @@ export class PgpulseClient {
     }
   }
 
+  /**
+   * With a token function, ask it for a new token ahead of the current one's
+   * `exp` and send it in band; the server answers `refreshed` (which arms the
+   * next round) or an error, and then closes at `exp`, which reconnects.
+   */
+  #armRefresh(socket: WebSocketLike): void {
+    this.#clearRefresh();
+    const source = this.#options.token;
+    const current = this.#token;
+    if (typeof source !== "function" || current === undefined) return;
+    const delay = refreshDelay(current);
+    if (delay === undefined) return;
+    this.#refreshTimer = setTimeout(() => {
+      this.#refreshTimer = null;
+      void resolveToken(source).then(
+        (token) => {
+          if (socket !== this.#socket || socket.readyState !== SOCKET_OPEN) return;
+          this.#token = token;
+          socket.send(JSON.stringify({ op: "refresh", token }));
+        },
+        (cause: unknown) => {
+          this.#emit("error", new PgpulseClientError(`token provider failed: ${describe(cause)}`, "token", { cause }));
+        },
+      );
+    }, delay);
+  }
+
+  #clearRefresh(): void {
+    if (this.#refreshTimer !== null) {
+      clearTimeout(this.#refreshTimer);
+      this.#refreshTimer = null;
+    }
+  }
+
   /** Every frame restarts the quiet timer; a ping goes out when it runs out. */
   #armKeepalive(socket: WebSocketLike): void {
     this.#clearKeepalive();
@@ -729,6 +779,7 @@ export class PgpulseClient {
     this.#socket = null;
     this.#live = false;
     this.#clearKeepalive();
+    this.#clearRefresh();
     this.#settleRequests();
     if (socket === null) return;
     socket.onopen = socket.onmessage = socket.onclose = null;

@@ -189,7 +189,7 @@ export async function getPosition(options: HttpOptions): Promise<number> {
   return position.last_event_id;
 }
 
-/** Store a notification and publish its event, in one transaction on the server. */
+/** Store a notification and publish its event, in one transaction on the server; the token needs the `publish` scope. */
 export function createNotification(options: HttpOptions, message: string): Promise<NotificationCreated> {
   return request<NotificationCreated>(options, "POST", "/api/notifications", { message });
 }
@@ -201,7 +201,8 @@ export async function publishEvent<TData>(options: HttpOptions, event: EventToPu
 }
 
 /**
- * Queue a job for a worker (answered 202 at once). Its progress and end
+ * Queue a job for a worker (answered 202 at once); the token needs the `jobs`
+ * scope. Its progress and end
  * arrive as events on topic `ai_jobs`, for the token's user when it has a
  * `sub`, else for the whole tenant: subscribe before submitting to see them all.
  */

@@ -54,6 +54,13 @@ export interface ErrorFrame {
   readonly ref?: Ref;
 }
 
+/** The answer to `{"op": "refresh"}`: the connection now lives until `exp` (Unix seconds). */
+export interface RefreshedFrame {
+  readonly op: "refreshed";
+  readonly exp: number | null;
+}
+
+
 /** What a client may put in a request's `ref` to match the answer to it. */
 export type Ref = string | number;
 
@@ -110,7 +117,8 @@ export type ControlFrame =
   | SubscribedFrame
   | UnsubscribedFrame
   | PresenceFrame
-  | PresenceChangeFrame;
+  | PresenceChangeFrame
+  | RefreshedFrame;
 
 export type Frame =
   | { readonly kind: "event"; readonly event: PgpulseEvent }
@@ -130,6 +138,9 @@ export const WS_1012_SERVICE_RESTART = 1012;
 export const WS_1013_TRY_AGAIN_LATER = 1013;
 /** Sent by the client when it gives up on a connection that stopped answering. */
 export const WS_4000_CLIENT_TIMEOUT = 4000;
+
+/** The server's close reason at a token's `exp`. */
+export const TOKEN_EXPIRED = "token expired";
 
 /** The client's keepalive frame. */
 export const PING_FRAME = JSON.stringify({ op: "ping" });
@@ -198,6 +209,8 @@ function toControl(value: Record<string, unknown>): ControlFrame | null {
       return typeof value.topic === "string" && isMember(value.member)
         ? { op: value.op, topic: value.topic, member: value.member, ...refOf(value) }
         : null;
+    case "refreshed":
+      return { op: "refreshed", exp: typeof value.exp === "number" ? value.exp : null };
     default:
       return null;
   }

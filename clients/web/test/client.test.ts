@@ -202,6 +202,29 @@ describe("PgpulseClient", () => {
     expect(renewed.statuses).toContain("unauthorized");
   });
 
+  it("refreshes a function's token in band before it expires, keeping its one socket", async () => {
+    const tenant = uniqueTenant("inband");
+    const tracked = trackedWebSocket();
+    const { publish } = publisher(tenant);
+    let handedOut = 0;
+    const recorder = connect({
+      WebSocket: tracked.WebSocket,
+      token: () => {
+        handedOut += 1;
+        return mintToken({ tenant_id: tenant, ttlSeconds: 3 });
+      },
+    });
+    await recorder.status("open");
+    const first = await publish("before");
+    await recorder.eventId(first);
+    await new Promise((resolve) => setTimeout(resolve, 4_000)); // past the first token's exp
+    const second = await publish("after");
+    await recorder.eventId(second);
+    expect(tracked.sockets).toHaveLength(1);
+    expect(handedOut).toBeGreaterThanOrEqual(2);
+    expect(recorder.errors).toEqual([]);
+  });
+
   it("reports a topic outside the token's as forbidden", async () => {
     const token = mintToken({ tenant_id: uniqueTenant("topics"), topics: ["allowed"] });
     const recorder = connect({ token, topics: ["secret"] });
@@ -312,7 +335,7 @@ describe("PgpulseClient", () => {
 
   it("answers the notification endpoints and delivers their events", async () => {
     const tenant = uniqueTenant("notify");
-    const token = mintToken({ tenant_id: tenant });
+    const token = mintToken({ tenant_id: tenant, scope: "publish" });
     const recorder = connect({ token, topics: ["notifications"] });
     await recorder.status("open");
     const created = await createNotification({ url, token }, "hello");

@@ -71,7 +71,7 @@ async function untilEnded(recorder: Recorder, jobId: string): Promise<PgpulseEve
 describe("jobs", () => {
   it("runs a submitted job: started, progress up to 1, complete, then getJob says succeeded", async () => {
     const tenant = uniqueTenant("jobs");
-    const token = mintToken({ tenant_id: tenant, sub: "alice" });
+    const token = mintToken({ tenant_id: tenant, sub: "alice", scope: "jobs" });
     const recorder = connect(token);
     await recorder.status("open"); // subscribed before submitting, so no event of the job is missed
 
@@ -126,7 +126,7 @@ describe("jobs", () => {
 
   it("lets only the job's tenant, and user, read it", async () => {
     const tenant = uniqueTenant("jobs-owner");
-    const alice = mintToken({ tenant_id: tenant, sub: "alice" });
+    const alice = mintToken({ tenant_id: tenant, sub: "alice", scope: "jobs" });
     const { jobId } = await submitJob({ url, token: alice, kind: "echo", input: { n: 1 } });
     const mine = await getJob({ url, token: alice, jobId });
     expect(mine).toMatchObject({ jobId, kind: "echo", input: { n: 1 } });
@@ -134,7 +134,7 @@ describe("jobs", () => {
     const strangers = {
       "another tenant": mintToken({ tenant_id: uniqueTenant("jobs-other"), sub: "alice" }),
       "another user": mintToken({ tenant_id: tenant, sub: "bob" }),
-      "the tenant without a user": mintToken({ tenant_id: tenant }),
+      "the tenant without a user": mintToken({ tenant_id: tenant, scope: "jobs" }),
     };
     for (const [who, token] of Object.entries(strangers)) {
       const refused = getJob({ url, token, jobId });
@@ -144,7 +144,7 @@ describe("jobs", () => {
     await expect(getJob({ url, token: alice, jobId: "not-a-job-id" })).rejects.toMatchObject({ status: 404 });
 
     // A job submitted without a user is the whole tenant's.
-    const shared = await submitJob({ url, token: mintToken({ tenant_id: tenant }), kind: "echo" });
+    const shared = await submitJob({ url, token: mintToken({ tenant_id: tenant, scope: "jobs" }), kind: "echo" });
     expect(await getJob({ url, token: mintToken({ tenant_id: tenant, sub: "bob" }), jobId: shared.jobId })).toMatchObject({
       jobId: shared.jobId,
       kind: "echo",
@@ -153,7 +153,7 @@ describe("jobs", () => {
   });
 
   it("refuses a malformed job (422) and a token it cannot verify (401)", async () => {
-    const token = mintToken({ tenant_id: uniqueTenant("jobs-bad") });
+    const token = mintToken({ tenant_id: uniqueTenant("jobs-bad"), scope: "jobs" });
     const malformed = submitJob({ url, token, kind: "" });
     await expect(malformed).rejects.toBeInstanceOf(PgpulseHttpError);
     await expect(malformed).rejects.toMatchObject({ status: 422, body: expect.stringContaining("kind") });
@@ -162,10 +162,10 @@ describe("jobs", () => {
 
   it("lists the token's recent jobs, newest first, paged", async () => {
     const tenant = uniqueTenant("jobs-list");
-    const alice = mintToken({ tenant_id: tenant, sub: "alice" });
-    const shared = mintToken({ tenant_id: tenant });
+    const alice = mintToken({ tenant_id: tenant, sub: "alice", scope: "jobs" });
+    const shared = mintToken({ tenant_id: tenant, scope: "jobs" });
     const submitted: string[] = [];
-    for (const token of [alice, shared, mintToken({ tenant_id: tenant, sub: "bob" }), alice]) {
+    for (const token of [alice, shared, mintToken({ tenant_id: tenant, sub: "bob", scope: "jobs" }), alice]) {
       submitted.push((await submitJob({ url, token, kind: "no-such-kind", input: {} })).jobId);
     }
     const first = await listJobs({ url, token: alice }, { limit: 2 });

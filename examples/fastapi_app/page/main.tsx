@@ -150,8 +150,14 @@ function Home({ user, onSignedOut }: { user: User; onSignedOut: () => void }): R
           Sign out
         </button>
       </header>
-      {/* History from the app's GET /api/notifications, live events from pgpulse's /realtime/ws. */}
-      <NotificationCenter url={location.origin} path="/realtime/ws" defaultOpen storageKey={`example:read:${user.username}`} />
+      {/* History from the app's GET /api/notifications, jobs and live events from pgpulse under /realtime. */}
+      <NotificationCenter
+        url={location.origin}
+        path="/realtime/ws"
+        jobsUrl={REALTIME}
+        defaultOpen
+        storageKey={`example:read:${user.username}`}
+      />
       <SendMessage />
       <RunJob />
     </main>

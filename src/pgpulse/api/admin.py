@@ -273,6 +273,7 @@ class TokenIn(BaseModel):
     user_id: str | None = Field(default=None, min_length=1, max_length=MAX_NAME_LENGTH)
     topics: list[str] | None = Field(default=None, max_length=100)
     publish: bool = Field(default=True, description="grant the publish scope")
+    jobs: bool = Field(default=True, description="grant the jobs scope (POST /api/jobs)")
     ttl: int = Field(default=TOKEN_TTL, ge=10, le=TOKEN_TTL_MAX, description="seconds")
 
 
@@ -296,7 +297,8 @@ async def mint_token(request: Request, runtime: RuntimeDep) -> TokenOut:
         token = _verifier(request).mint(
             body.tenant_id,
             body.user_id,
-            ["publish"] if body.publish else None,
+            [scope for scope, wanted in (("publish", body.publish), ("jobs", body.jobs)) if wanted]
+            or None,
             body.topics,
             body.ttl,
         )

@@ -21,6 +21,11 @@ from .deps import PrincipalDep, RuntimeDep, json_body_docs, read_model
 
 router = APIRouter()
 
+JOBS_SCOPE = "jobs"
+"""What a token needs to submit a job: running work is a power of its own, apart from
+``publish`` (broadcasting to the whole tenant), so a browser's token can have one
+without the other."""
+
 
 class JobIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -50,6 +55,8 @@ MAX_JOBS_PAGE = 100
 async def create_job(
     request: Request, response: Response, runtime: RuntimeDep, principal: PrincipalDep
 ) -> JobAccepted:
+    if JOBS_SCOPE not in principal.scopes:
+        raise HTTPException(403, f"token lacks scope {JOBS_SCOPE!r}")
     job_in = await read_model(request, JobIn, runtime.settings.max_payload_bytes)
     allowed = runtime.settings.job_kinds
     if allowed and job_in.kind not in allowed:

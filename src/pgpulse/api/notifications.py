@@ -13,10 +13,11 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, HTTPException, Query, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from ..auth import Principal
 from ..errors import InvalidEvent
+from ..limits import MAX_ID
 from ..publish import MAX_MESSAGE_LENGTH, NewNotification
 from ..runtime import Runtime
 from ..sql import QUERIES
@@ -27,6 +28,13 @@ router = APIRouter()
 
 class NotificationIn(BaseModel):
     message: str = Field(min_length=1, max_length=MAX_MESSAGE_LENGTH)
+
+    @field_validator("message")
+    @classmethod
+    def _no_nul(cls, value: str) -> str:
+        if "\x00" in value:  # PostgreSQL text cannot hold it
+            raise ValueError("must not contain NUL characters")
+        return value
 
 
 class NotificationCreated(BaseModel):
@@ -59,6 +67,9 @@ async def notify_request(
     request: Request, runtime: Runtime, principal: Principal
 ) -> dict[str, Any]:
     """Store the body's message and publish its event for ``principal``; the 201 body."""
+    # The token is checked (by the caller) before a byte of the body is read.
+    if "publish" not in principal.scopes:  # the event goes to the whole tenant
+        raise HTTPException(403, "token lacks scope 'publish'")
     body = await read_model(request, NotificationIn, runtime.settings.max_payload_bytes)
     try:
         item = NewNotification.build(principal.tenant_id, body.message)
@@ -78,9 +89,11 @@ create_notification_asgi = direct_route(notify_request, 201)
 async def list_notifications(
     runtime: RuntimeDep,
     principal: PrincipalDep,
-    before: int | None = Query(default=None, ge=1),
+    before: int | None = Query(default=None, ge=1, le=MAX_ID),
     limit: int = Query(default=50, ge=1, le=500),
 ) -> list[Notification]:
+    if principal.topics is not None and "notifications" not in principal.topics:
+        raise HTTPException(403, "token does not allow topic(s): notifications")
     async with runtime.pool.connection() as conn:
         cur = await conn.execute(
             QUERIES["list_notifications"],

@@ -158,6 +158,9 @@ def main(argv: list[str]) -> int:
     _raise_fd_limit()
     _exit_on_sigterm()
     workdir = Path(tempfile.mkdtemp(prefix="bench-", dir="/tmp"))
+    # Listable by others: as root the embedded PostgreSQL runs as another user,
+    # and refuses a data directory under a private folder rather than open it.
+    workdir.chmod(0o755)
     results: dict[str, dict[str, Any]] = {}
     started = time.time()
     failed = False

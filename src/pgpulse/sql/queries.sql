@@ -161,6 +161,20 @@ SELECT pgpulse.release_jobs(%(worker)s, %(job_ids)s::uuid[]);
 -- Jobs whose worker stopped renewing its lease: queued again, or failed.
 SELECT pgpulse.recover_jobs();
 
+-- name: prune_notifications
+-- Delete up to a batch of notifications older than the retention horizon.
+DELETE FROM pgpulse.notifications AS n
+USING (
+    SELECT id FROM pgpulse.notifications
+    WHERE created_at < clock_timestamp() - make_interval(secs => %(seconds)s)
+    LIMIT %(batch)s
+) AS old
+WHERE n.id = old.id;
+
+-- name: expire_queued_jobs
+-- Fail up to a batch of jobs queued for longer than the horizon (no worker claims them).
+SELECT pgpulse.expire_queued_jobs(%(seconds)s, %(batch)s);
+
 -- name: presence_join
 -- A connection joins a topic's presence (or updates its info); the topic's state after it.
 SELECT version, members::text

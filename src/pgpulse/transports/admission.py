@@ -118,6 +118,8 @@ class Policy:
             topics = principal.allowed_topics(requested)
         except ForbiddenTopic as exc:
             raise Refused(str(exc), 403) from None
+        except ValueError as exc:  # a malformed list (pgpulse.limits.parse_topics)
+            raise Refused(str(exc), 422) from None
         check = self.authorize_topic
         if check is None:
             return topics

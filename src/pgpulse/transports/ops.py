@@ -76,6 +76,11 @@ class ClientOps:
         self._outbox: list[str] | None = None
         self.presence: ConnectionPresence | None = None
 
+    def replace_allowed(self, allowed: frozenset[str] | None) -> None:
+        """The connection's token was replaced (``refresh``): later requests are checked
+        against the new token's topics."""
+        self.allowed = allowed
+
     def handle(self, frame: dict[str, Any]) -> str | None:
         """Check and queue one request; returns an ``error`` frame to send at once, or None."""
         ref = frame.get("ref")

@@ -21,6 +21,7 @@ from ..events import Event
 from ..hub import SlowConsumer, Subscription
 from ..runtime import Runtime
 from .admission import Admission, Refused
+from .lifetime import Lifetime
 from .subscription import HEARTBEAT
 
 RETRY_MS = 1000  # how soon EventSource reconnects
@@ -47,18 +48,24 @@ def stream(runtime: Runtime, admission: Admission) -> StreamingResponse:
         max_bytes=runtime.settings.queue_max_bytes,
         transport="sse",
     )
+    lifetime = Lifetime(principal, subscription, None)  # SSE has no way to refresh in band
     return StreamingResponse(
-        _body(runtime, subscription, admission.resume_from),
+        _body(runtime, subscription, admission.resume_from, lifetime),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
 async def _body(
-    runtime: Runtime, subscription: Subscription, resume_from: int | None
+    runtime: Runtime, subscription: Subscription, resume_from: int | None, lifetime: Lifetime
 ) -> AsyncIterator[bytes]:
+    # Counted here, not when the request came: a body that never starts never ends.
+    caps = runtime.caps
+    if not caps.admit(subscription.tenant_id, subscription.user_id):
+        return  # over a cap after all (others came first): EventSource retries later
     gauge = runtime.metrics.connections.labels("sse")
     gauge.inc()
+    lifetime.start()  # the stream ends at the token's exp
     try:
         yield f"retry: {RETRY_MS}\n\n".encode()
         frames = runtime.stream.frames(
@@ -77,5 +84,7 @@ async def _body(
     except DatabaseUnavailable:
         pass  # likewise: EventSource comes back after `retry` and resumes
     finally:
+        lifetime.stop()
+        caps.release(subscription.tenant_id, subscription.user_id)
         gauge.dec()
         runtime.hub.leave(subscription)

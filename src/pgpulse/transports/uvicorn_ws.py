@@ -26,6 +26,26 @@ PROTOCOL_PATH = "pgpulse.transports.uvicorn_ws:WebSocketProtocol"
 
 
 class WebSocketProtocol(WebSocketsSansIOProtocol):
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.conn.handshake_exc is not None and not self.handshake_complete:
+            self._refuse_handshake()
+
+    def _refuse_handshake(self) -> None:
+        """Send the refusal the parser wrote (414, 431, or nothing for garbage) and hang up.
+
+        uvicorn only writes the handshake's answer once a whole request was
+        parsed: a request line over 8 KiB (a huge token) or too many headers
+        otherwise left the socket open and unanswered until the client gave
+        up, and made the server's shutdown fail on it.
+        """
+        if self.close_sent:
+            return
+        output = self.conn.data_to_send()
+        self.transport.write(b"".join(chunk for chunk in output if chunk))
+        self.close_sent = True  # shutdown() then only closes the transport
+        self.transport.close()
+
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
         # The app's task is scheduled but has not run: its scope can still grow.

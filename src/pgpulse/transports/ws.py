@@ -16,10 +16,12 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from ..auth import Verifier
 from ..errors import DatabaseUnavailable
 from ..events import (
     WS_1008_POLICY_VIOLATION,
@@ -29,15 +31,19 @@ from ..events import (
     control,
 )
 from ..hub import SlowConsumer, Subscription
+from ..limits import close_reason
 from ..runtime import Runtime
 from .admission import Admission, Refused
+from .lifetime import Lifetime
 from .ops import OPS, ClientOps
 from .uvicorn_ws import EXTENSION, PROTOCOL_PATH
 
 log = logging.getLogger("pgpulse.ws")
 
+Ops = Callable[[dict[str, Any]], str | None]
+"""Answers the client ops a module handles (e.g. ``refresh``), or None for others."""
+
 CLOSE_TIMEOUT = 5.0  # seconds to get a close frame out to a peer that does not read
-MAX_REASON_BYTES = 120  # a close frame's reason has room for 123
 
 _said_no_direct_writes = False
 
@@ -49,11 +55,18 @@ async def refuse(websocket: WebSocket, refused: Refused) -> None:
     handshake's status, but it can read a close code and reason.
     """
     await websocket.accept()
-    await websocket.close(refused.code, reason=_reason(refused.reason))
+    await websocket.close(refused.code, reason=close_reason(refused.reason))
 
 
-async def stream(websocket: WebSocket, runtime: Runtime, admission: Admission) -> None:
-    """Serve an admitted WebSocket until either side ends it."""
+async def stream(
+    websocket: WebSocket, runtime: Runtime, admission: Admission, verifier: Verifier | None = None
+) -> None:
+    """Serve an admitted WebSocket until either side ends it.
+
+    The connection ends at its principal's ``expires_at`` unless the client
+    sends ``{"op": "refresh", "token": ...}`` first, which ``verifier`` checks
+    (without one, as under an app's own principal, refresh is refused).
+    """
     await websocket.accept()
     settings = runtime.settings
     principal = admission.principal
@@ -64,6 +77,11 @@ async def stream(websocket: WebSocket, runtime: Runtime, admission: Admission) -
         max_events=settings.queue_max_events,
         max_bytes=settings.queue_max_bytes,
     )
+    caps = runtime.caps
+    if not caps.admit(principal.tenant_id, principal.user_id):
+        # Over a cap after all: others were admitted since the refusal check.
+        await _close(websocket, WS_1013_TRY_AGAIN_LATER, "too many connections; retry later")
+        return
     lock = asyncio.Lock()
     ops = ClientOps(
         subscription,
@@ -74,7 +92,11 @@ async def stream(websocket: WebSocket, runtime: Runtime, admission: Admission) -
     )
     gauge = runtime.metrics.connections.labels("ws")
     gauge.inc()
-    reader = asyncio.create_task(_read_client(websocket, subscription, lock, runtime, ops))
+    lifetime = Lifetime(principal, subscription, verifier, on_refresh=ops.replace_allowed)
+    lifetime.start()
+    reader = asyncio.create_task(
+        _read_client(websocket, subscription, lock, runtime, ops, lifetime.answer)
+    )
     try:
         frames = runtime.stream.frames(
             subscription,
@@ -87,7 +109,9 @@ async def stream(websocket: WebSocket, runtime: Runtime, admission: Admission) -
                 text = item.frame if isinstance(item, Event) else item
                 async with lock:
                     await websocket.send_text(text)
-        if subscription.restarting:
+        if subscription.ended is not None:  # token expired, or an operator's disconnect
+            await _close(websocket, *subscription.ended)
+        elif subscription.restarting:
             await _close(websocket, WS_1012_SERVICE_RESTART, "server restarting")
     except SlowConsumer:
         runtime.metrics.slow_consumers.inc()
@@ -97,6 +121,8 @@ async def stream(websocket: WebSocket, runtime: Runtime, admission: Admission) -
     except (WebSocketDisconnect, RuntimeError, OSError):
         pass  # the peer went away mid-send
     finally:
+        lifetime.stop()
+        caps.release(principal.tenant_id, principal.user_id)
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await reader
@@ -127,16 +153,11 @@ def _direct_writer(websocket: WebSocket) -> Callable[[bytes], bool] | None:
     return write_frame
 
 
-def _reason(message: str) -> str:
-    """A close reason within the 123 bytes a close frame allows, cut on a character."""
-    return message.encode()[:MAX_REASON_BYTES].decode(errors="ignore")
-
-
 async def _close(websocket: WebSocket, code: int, reason: str) -> None:
     if websocket.application_state != WebSocketState.CONNECTED:
         return
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(websocket.close(code, reason), CLOSE_TIMEOUT)
+        await asyncio.wait_for(websocket.close(code, close_reason(reason)), CLOSE_TIMEOUT)
 
 
 async def _read_client(
@@ -145,6 +166,7 @@ async def _read_client(
     lock: asyncio.Lock,
     runtime: Runtime,
     ops: ClientOps,
+    refresh: Ops | None = None,
 ) -> tuple[int, str] | None:
     """Answer client frames until the peer leaves; returns a close code for abuse."""
     rate = runtime.settings.client_frames_per_second
@@ -162,7 +184,7 @@ async def _read_client(
             if allowance < 0:
                 subscription.close()
                 return (WS_1008_POLICY_VIOLATION, "too many client frames")
-            reply = _answer(message.get("text"), message.get("bytes"), ops)
+            reply = _answer(message.get("text"), message.get("bytes"), ops, refresh)
             if reply is not None:  # else the writer answers, in its place in the stream
                 async with lock:
                     await websocket.send_text(reply)
@@ -172,7 +194,9 @@ async def _read_client(
         subscription.close()
 
 
-def _answer(text: str | None, data: bytes | None, ops: ClientOps) -> str | None:
+def _answer(
+    text: str | None, data: bytes | None, ops: ClientOps, refresh: Ops | None = None
+) -> str | None:
     if text is None:
         return control("error", message="binary frames are not supported; send JSON text")
     try:
@@ -187,5 +211,7 @@ def _answer(text: str | None, data: bytes | None, ops: ClientOps) -> str | None:
         return control("pong")
     if frame["op"] in OPS:
         return ops.handle(frame)
-    known = ", ".join(["ping", *sorted(OPS)])
+    if refresh is not None and (reply := refresh(frame)) is not None:
+        return reply
+    known = ", ".join(sorted(["ping", "refresh", *OPS]))
     return control("error", message=f"unknown op {frame['op'][:40]!r}; known: {known}")

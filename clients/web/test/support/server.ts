@@ -6,7 +6,7 @@
  */
 
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtemp, rm } from "node:fs/promises";
+import { chmod, mkdtemp, rm } from "node:fs/promises";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -53,7 +53,7 @@ export interface RunningWorker {
 
 export async function startServer(options: ServerOptions = {}): Promise<RunningServer> {
   const port = options.port ?? (await freePort());
-  const dataDir = options.dataDir ?? (await mkdtemp(join(tmpdir(), "pgpulse-web-")));
+  const dataDir = options.dataDir ?? (await openTempDir());
   const args = ["serve", "--host", "127.0.0.1", "--port", String(port)];
   if (options.workers !== undefined) args.push("--workers", String(options.workers));
   const child = await launch(args, dataDir, {
@@ -243,4 +243,15 @@ async function stopProcess(child: ChildProcess, pid: number, exited: Promise<voi
     }
     await exited;
   }
+}
+
+/**
+ * A fresh data directory that other users may list: run as root, the embedded
+ * PostgreSQL runs as another user and refuses a data directory under a private
+ * folder (mkdtemp makes them 0700) rather than open it to everyone.
+ */
+export async function openTempDir(prefix = "pgpulse-web-"): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), prefix));
+  await chmod(dir, 0o755);
+  return dir;
 }
