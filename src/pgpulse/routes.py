@@ -5,9 +5,9 @@ routing, dependency and exception handling a connection passes through keeps
 a coroutine frame alive for all that time: about 5 KiB per connection in
 FastAPI's stack, none of which these endpoints use.
 
-``POST /api/events`` and ``POST /api/notifications`` are the hot paths of
-publishing; FastAPI's layers cost them about as much CPU as the publish
-itself. The routes the app declares for them share their implementation
+``POST /api/events``, ``POST /api/notifications`` and ``POST /api/jobs``
+are the hot paths of publishing; FastAPI's layers cost them about as much
+CPU as the publish itself. The routes the app declares for them share their implementation
 and give the OpenAPI description. CORS wraps this middleware, so
 cross-origin callers get the same answers here.
 
@@ -28,13 +28,18 @@ from starlette.websockets import WebSocket
 
 from .api.deps import PRINCIPAL_KEY, RUNTIME_KEY
 from .api.events import publish_event_asgi
+from .api.jobs import create_job_asgi
 from .api.notifications import create_notification_asgi
 from .errors import NotRunning
 from .fastapi import Pgpulse
 from .transports.admission import Refused
 
 WS_PATHS = frozenset({"/ws", "/ws/notifications"})
-POST_ROUTES = {"/api/events": publish_event_asgi, "/api/notifications": create_notification_asgi}
+POST_ROUTES = {
+    "/api/events": publish_event_asgi,
+    "/api/notifications": create_notification_asgi,
+    "/api/jobs": create_job_asgi,
+}
 
 
 class DirectRoutes:

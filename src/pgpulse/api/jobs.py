@@ -11,13 +11,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..auth import Principal
 from ..errors import InvalidJob
 from ..events import MAX_NAME_LENGTH
 from ..jobs import JobState, get_job, list_jobs, parse_job_id, submit_job
-from .deps import PrincipalDep, RuntimeDep, json_body_docs, read_model
+from ..runtime import Runtime
+from .deps import PrincipalDep, RuntimeDep, direct_route, json_body_docs, read_model
 
 router = APIRouter()
 
@@ -52,9 +55,16 @@ MAX_JOBS_PAGE = 100
     response_model=JobAccepted,
     openapi_extra=json_body_docs(JobIn),
 )
-async def create_job(
-    request: Request, response: Response, runtime: RuntimeDep, principal: PrincipalDep
-) -> JobAccepted:
+async def create_job(request: Request, runtime: RuntimeDep, principal: PrincipalDep) -> Response:
+    """The route as the app declares it (DirectRoutes serves it ahead of the app)."""
+    body = await submit_request(request, runtime, principal)
+    return Response(orjson.dumps(body), 202, {"Location": _location(body)}, "application/json")
+
+
+async def submit_request(
+    request: Request, runtime: Runtime, principal: Principal
+) -> dict[str, Any]:
+    """Queue the body's job for ``principal``; the 202 body."""
     if JOBS_SCOPE not in principal.scopes:
         raise HTTPException(403, f"token lacks scope {JOBS_SCOPE!r}")
     job_in = await read_model(request, JobIn, runtime.settings.max_payload_bytes)
@@ -75,8 +85,15 @@ async def create_job(
     except InvalidJob as exc:
         raise HTTPException(422, str(exc)) from None
     runtime.metrics.jobs_submitted.inc()
-    response.headers["Location"] = f"/api/jobs/{job_id}"
-    return JobAccepted(job_id=job_id)
+    return {"job_id": job_id}
+
+
+def _location(body: dict[str, Any]) -> str:
+    return f"/api/jobs/{body['job_id']}"
+
+
+create_job_asgi = direct_route(submit_request, 202, _location)
+"""``POST /api/jobs`` as a bare ASGI app, for :class:`pgpulse.routes.DirectRoutes`."""
 
 
 @router.get("/api/jobs", response_model=JobsPage)
