@@ -164,4 +164,6 @@ async def test_inputs_the_fuzz_pass_found_get_422(server: ServerHandle, tenant: 
         # JSON null is a value like any other (it once failed a whole batch): stored as null.
         r = await http.post("/api/events", json={"type": "t", "data": None}, headers=auth)
         assert r.status_code == 201
+        r = await http.get("/api/events", params={"topic": "\x00"}, headers=auth)
+        assert r.status_code == 422 and "topic" in r.json()["detail"]
     assert await count_events(server.runtime.database_url, tenant) == 1

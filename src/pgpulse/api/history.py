@@ -62,6 +62,8 @@ async def list_events(
         topics = principal.allowed_topics(topic)
     except ForbiddenTopic as exc:
         raise HTTPException(403, str(exc)) from None
+    except ValueError as exc:  # a malformed list (pgpulse.limits.parse_topics)
+        raise HTTPException(422, f"topic: {exc}") from None
     if after is not None and before is not None and after >= before:
         raise HTTPException(422, f"after ({after}) must be below before ({before})")
     page = await runtime.history.page(
