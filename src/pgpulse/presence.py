@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import uuid
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -32,8 +31,8 @@ import orjson
 import psycopg
 from psycopg_pool import PoolTimeout
 
-from . import db
 from .errors import DatabaseUnavailable, PgpulseError
+from .listen import Listen
 from .sql import QUERIES
 
 if TYPE_CHECKING:
@@ -43,7 +42,6 @@ log = logging.getLogger("pgpulse.presence")
 
 CHANNEL = "pgpulse_presence"
 SWEEP_BATCH = 100  # expired members removed per sweep query
-MAX_BACKOFF = 2.0  # seconds between LISTEN attempts
 LEAVE_TIMEOUT = 5.0  # seconds a stopping node spends removing its members
 LISTEN_TIMEOUT = 10.0  # seconds a first join waits for the node to be listening
 
@@ -89,8 +87,12 @@ class Presence:
         self._pool = pool
         # (tenant, topic) -> member id -> (watcher, user id, info JSON)
         self._local: dict[tuple[str, str], dict[str, tuple[Watcher, str | None, str | None]]] = {}
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[asyncio.Task[Any]] = []
         self._listening = asyncio.Event()
+        self._resyncs: set[asyncio.Task[None]] = set()
+        self._listen = Listen(
+            url, CHANNEL, on_notify=self._deliver, on_connect=self._connected, log=log
+        )
 
     # -- what connections call --------------------------------------------
 
@@ -124,7 +126,7 @@ class Presence:
 
     @property
     def listening(self) -> bool:
-        return self._listening.is_set()
+        return self._listen.connected
 
     async def leave(self, tenant_id: str, topic: str, member_id: str) -> None:
         self._forget(tenant_id, topic, member_id)
@@ -144,9 +146,10 @@ class Presence:
 
     async def stop(self) -> None:
         """Stop the tasks and remove this node's members (their leaves go out now)."""
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._resyncs]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
@@ -213,7 +216,7 @@ class Presence:
             return
         loop = asyncio.get_running_loop()
         self._tasks = [
-            loop.create_task(self._listen_forever(), name="pgpulse-presence-listen"),
+            loop.create_task(self._listen.run(), name="pgpulse-presence-listen"),
             loop.create_task(self._renew_forever(), name="pgpulse-presence-renew"),
             loop.create_task(self._sweep_forever(), name="pgpulse-presence-sweep"),
         ]
@@ -240,26 +243,12 @@ class Presence:
             for watcher, _, _ in list(members.values()):
                 watcher.presence_reset(topic, version, state)
 
-    async def _listen_forever(self) -> None:
-        backoff = 0.05
-        while True:
-            try:
-                conn = await db.connect(self._url, db.LISTENER_APP_NAME)
-                async with conn:
-                    await conn.execute(f"LISTEN {CHANNEL}")
-                    backoff = 0.05
-                    self._listening.set()
-                    # Changes while nobody listened are lost: send whole states.
-                    await self._resync()
-                    async for notify in conn.notifies():
-                        self._deliver(notify.payload)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("presence: LISTEN connection lost: %s", exc)
-            self._listening.clear()
-            await asyncio.sleep(backoff * (1 + random.random()))
-            backoff = min(backoff * 2, MAX_BACKOFF)
+    def _connected(self) -> None:
+        """The LISTEN connection is (back) up: changes while nobody listened are
+        lost, so every watched topic's whole state goes to its watchers."""
+        self._listening.set()
+        self._resyncs.add(task := asyncio.get_running_loop().create_task(self._resync()))
+        task.add_done_callback(self._resyncs.discard)
 
     async def _renew_forever(self) -> None:
         while True:
