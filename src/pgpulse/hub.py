@@ -306,15 +306,6 @@ class Hub:
             subscription.close(ended=ended)
         return len(chosen)
 
-    def count(self, tenant_id: str, user_id: str | None = None) -> int:
-        """Local connections of a tenant (of one user, if given)."""
-        room = self._rooms.get(tenant_id)
-        if room is None:
-            return 0
-        if user_id is None:
-            return len(room.subscriptions)
-        return sum(1 for s in room.subscriptions if s.user_id == user_id)
-
     def close_all(self) -> None:
         """End every stream because the server is going away (clients reconnect elsewhere)."""
         for room in self._rooms.values():

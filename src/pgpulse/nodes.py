@@ -29,6 +29,7 @@ import contextlib
 import logging
 import math
 import os
+import random
 import secrets
 import socket
 import time
@@ -168,6 +169,8 @@ class ServerNode:
         self.listener_reconnects: Callable[[], int] = lambda: 0
         self._latencies: list[float] = []
         self._seen = 0  # latencies offered since the last heartbeat (kept: a sample of them)
+        # Not secrets: this runs per delivered event, and a sample needs no unpredictability.
+        self._sampler = random.Random()
         self._delivered = 0.0
         self._events_after: datetime | None = None
         self._last: float | None = None
@@ -189,7 +192,7 @@ class ServerNode:
                 if len(self._latencies) < LATENCY_SAMPLES_MAX:
                     self._latencies.append(latency)
                 else:  # reservoir sampling keeps an even sample of a busy interval
-                    slot = secrets.randbelow(self._seen)
+                    slot = self._sampler.randrange(self._seen)
                     if slot < LATENCY_SAMPLES_MAX:
                         self._latencies[slot] = latency
         return queued
