@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -67,18 +69,19 @@ class Arrivals:
 
 
 async def _transactions(
-    ctx: Context, tenants: list[str], until: float, tally: Tally, seqs: list[int]
+    ctx: Context, index: int, tenants: list[str], until: float, tally: Tally, seqs: Iterator[int]
 ) -> None:
     z = ctx.sizes
     pgpulse = ctx.target.name == "pgpulse"
-    rng = random.Random(len(tally.errors) + id(tally))
+    # One stream per connection: with one seed for all, every connection would
+    # pick the same tenants and roll back in step.
+    rng = random.Random(index)
     async with await psycopg.AsyncConnection.connect(
         ctx.target.database_url, connect_timeout=CONNECT_TIMEOUT
     ) as conn:
         while time.monotonic() < until:
             tenant = tenants[rng.randrange(len(tenants))]
-            seqs[0] += 1
-            seq = seqs[0]
+            seq = next(seqs)
             data = orjson.dumps({"seq": seq}).decode()
             try:
                 await conn.execute(
@@ -190,12 +193,12 @@ async def run(ctx: Context) -> dict[str, Any]:
     tally = Tally()
     stop = asyncio.Event()
     monitor = asyncio.create_task(_monitor(ctx.target.database_url, stop))
-    seqs = [0]
+    seqs = itertools.count(1)
     start = time.monotonic()
     until = start + z.s7_seconds
     try:
         await asyncio.gather(
-            *(_transactions(ctx, tenants, until, tally, seqs) for _ in range(z.s7_connections))
+            *(_transactions(ctx, i, tenants, until, tally, seqs) for i in range(z.s7_connections))
         )
         elapsed = time.monotonic() - start
         stop.set()
