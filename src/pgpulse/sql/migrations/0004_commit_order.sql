@@ -24,6 +24,8 @@
 --
 -- The server's own batch path (publish_batch, below) is a transaction of its
 -- own, which takes the counters directly and returns the delivered ids.
+-- publish_many (version 1), which this replaces, stays for servers of an
+-- earlier version while a rolling upgrade runs beside them.
 
 -- Keys: what publish() returns, and what every frame of the event carries.
 CREATE SEQUENCE pgpulse.event_keys;
