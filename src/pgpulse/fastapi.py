@@ -226,7 +226,7 @@ class Pgpulse:
             )
             _check_caps(runtime, admission)
         except Refused as refused:
-            raise sse.refuse(refused) from None
+            raise refused.as_http() from None
         return sse.stream(runtime, admission)
 
     def _build_router(self) -> APIRouter:
@@ -248,7 +248,7 @@ class Pgpulse:
                 if isinstance(principal, Refused):
                     raise principal
             except Refused as refused:
-                raise HTTPException(refused.status, refused.message, refused.headers) from None
+                raise refused.as_http() from None
             conn.scope[PRINCIPAL_KEY] = principal
             async with _database_errors_as_503(conn):
                 yield
@@ -276,7 +276,7 @@ class Pgpulse:
         try:
             conn.scope[RUNTIME_KEY] = self._running_or_refuse()
         except Refused as refused:
-            raise HTTPException(refused.status, refused.message) from None
+            raise refused.as_http() from None
 
     def _build_health_router(self) -> APIRouter:
         router = APIRouter()

@@ -20,7 +20,6 @@ app's.
 
 from __future__ import annotations
 
-from fastapi import HTTPException
 from fastapi.responses import JSONResponse
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -63,12 +62,9 @@ class DirectRoutes:
                 return
             scope[RUNTIME_KEY] = self.pulse.runtime
             principal = self.pulse._token_principal(HTTPConnection(scope))
-            if isinstance(principal, Refused):
-                scope[PRINCIPAL_KEY] = HTTPException(
-                    principal.status, principal.message, principal.headers
-                )
-            else:
-                scope[PRINCIPAL_KEY] = principal
+            # The handler raises a refusal it finds here, as the router's binding does.
+            refusal = principal.as_http() if isinstance(principal, Refused) else principal
+            scope[PRINCIPAL_KEY] = refusal
             await route(scope, receive, send)
         else:
             await self.app(scope, receive, send)

@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from fastapi import HTTPException
 from starlette.requests import HTTPConnection
 
 from ..auth import Principal
@@ -57,6 +58,10 @@ class Refused(Exception):
         """Headers of the HTTP answer (``WWW-Authenticate`` for a refused token)."""
         self.reason = reason or message
         """The WebSocket close reason, when ``message`` is too long for one (123 bytes)."""
+
+    def as_http(self) -> HTTPException:
+        """The HTTP answer to the refusal (FastAPI turns it into ``{"detail": ...}``)."""
+        return HTTPException(self.status, self.message, headers=self.headers)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,23 +13,18 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
-from fastapi import HTTPException, Request
+from fastapi import Request
 from fastapi.responses import StreamingResponse
 
 from ..errors import DatabaseUnavailable
 from ..events import Event
 from ..hub import SlowConsumer, Subscription
 from ..runtime import Runtime
-from .admission import Admission, Refused
+from .admission import Admission
 from .lifetime import Lifetime
 from .subscription import HEARTBEAT
 
 RETRY_MS = 1000  # how soon EventSource reconnects
-
-
-def refuse(refused: Refused) -> HTTPException:
-    """The HTTP answer to a refused stream (FastAPI turns it into ``{"detail": ...}``)."""
-    return HTTPException(refused.status, refused.message, headers=refused.headers)
 
 
 def last_event_id(request: Request) -> str | None:
