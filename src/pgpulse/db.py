@@ -29,6 +29,7 @@ APP_NAME = "pgpulse"
 LISTENER_APP_NAME = "pgpulse-listener"
 CONNECT_TIMEOUT = 5  # seconds
 POOL_TIMEOUT = 5.0  # seconds a request waits for a pooled connection before 503
+RECONNECT_WINDOW = 2.0  # seconds the pool retries a lost connection before it waits for demand
 CHECK_AFTER_IDLE = 1.0  # seconds in the pool after which a connection is probed before use
 SOCKET_PATH_MAX = 107  # bytes of a Unix socket's path (sun_path holds 108, with its NUL)
 SOCKET_NAME = ".s.PGSQL.5432"
@@ -87,7 +88,15 @@ async def connect(url: str, application_name: str = APP_NAME) -> psycopg.AsyncCo
 
 
 async def open_pool(url: str, min_size: int = 1, max_size: int = 10) -> AsyncConnectionPool:
-    """Open the query pool, failing fast with the URL (no password) when PostgreSQL is down."""
+    """Open the query pool, failing fast with the URL (no password) when PostgreSQL is down.
+
+    The pool replaces a lost connection with attempts spaced ever further
+    apart; left to run for its default five minutes, the next one can come
+    16 or 32 s after the database is back, and every request until then is
+    refused. Giving up after :data:`RECONNECT_WINDOW` instead leaves the pool
+    to open connections on demand: the first request after an outage
+    connects at once, as the listener does within a second.
+    """
     # Probe once directly: the pool alone would only say "couldn't get a connection".
     probe = await connect(url)
     await probe.close()
@@ -101,6 +110,7 @@ async def open_pool(url: str, min_size: int = 1, max_size: int = 10) -> AsyncCon
         open=False,
         name="pgpulse",
         timeout=POOL_TIMEOUT,
+        reconnect_timeout=RECONNECT_WINDOW,
     )
     await pool.open(wait=True, timeout=CONNECT_TIMEOUT * 2)
     return pool

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,39 @@ async def test_requests_during_an_outage_get_retryable_answers(
             assert r.status_code == 201, r.text
             frame = await recv(ws)
             assert frame["type"] == "back"
+
+
+LONG_OUTAGE = 17.0  # seconds: past the fourth of a doubling backoff from 1 s (1+2+4+8 = 15)
+
+
+async def test_the_first_request_after_a_long_outage_succeeds(
+    private_pg: PrivatePostgres, private_database: str, tmp_path: Path, tenant: str
+) -> None:
+    """The pool is back as soon as PostgreSQL is, however long it was away.
+
+    A pool that spaced its reconnection attempts ever further apart would sit
+    out its next delay (16 s here) with the database long back, answering
+    503 to everyone. Requests keep coming during the outage, as in production.
+    """
+    token = mint(tenant, scopes=["publish"])
+    headers = {"Authorization": f"Bearer {token}"}
+    loop = asyncio.get_running_loop()
+    async with start_server(private_database, tmp_path) as srv, srv.http() as http:
+        private_pg.stop()
+        try:
+            back_at = loop.time() + LONG_OUTAGE
+            refused = 0
+            while loop.time() < back_at:
+                r = await http.post("/api/events", json={"type": "x", "data": {}}, headers=headers)
+                assert r.status_code == 503, r.text
+                refused += 1
+            assert refused >= 3
+        finally:
+            private_pg.start()
+        r = await http.post("/api/events", json={"type": "back", "data": {}}, headers=headers)
+        assert r.status_code == 201, r.text
+        async with srv.connect(token) as ws:
+            await until_ready(ws)
 
 
 async def test_library_mode_answers_an_outage_as_serve_does(
