@@ -203,7 +203,13 @@ def embedded_server(pgdata: Path, cleanup_mode: str | None) -> Any:
 
         try:
             return get_server(pgdata, cleanup_mode=cleanup_mode)
-        except subprocess.TimeoutExpired:
+        except (subprocess.TimeoutExpired, FileNotFoundError) as exc:
+            # After the timeout the wheel reads the server's log to show it,
+            # which the postmaster may not have written yet.
+            if not isinstance(exc, subprocess.TimeoutExpired) and not isinstance(
+                exc.__context__, subprocess.TimeoutExpired
+            ):
+                raise
             # The wheel kept the half-made handle; get_server would return it again.
             PostgresServer._instances.pop(pgdata.expanduser().resolve(), None)
         log.warning("the embedded PostgreSQL is slow to start; waiting for it")
@@ -218,8 +224,8 @@ def _await_postmaster(pgdata: Path) -> None:
     while True:
         try:
             info = PostmasterInfo.read_from_pgdata(pgdata)
-        except (OSError, LookupError, ValueError):
-            info = None  # postmaster.pid is still being written
+        except (OSError, LookupError, ValueError, AssertionError):
+            info = None  # postmaster.pid is still being written (the wheel asserts its lines)
         if info is not None and info.is_running() and info.status == "ready":
             return
         if time.monotonic() > deadline:
