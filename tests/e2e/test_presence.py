@@ -256,3 +256,37 @@ async def test_bounds_and_refusals(database_url: str, tmp_path: Path, tenant: st
         answers = [await c.request("presence.join", topic=f"t{i}") for i in range(17)]
         assert [x["op"] for x in answers] == ["presence"] * 16 + ["error"]
         assert "at most 16 topics" in answers[-1]["message"]
+
+
+async def test_a_refresh_to_fewer_topics_leaves_their_presence(
+    server: ServerHandle, tenant: str
+) -> None:
+    """Presence is reading too: a token that drops a topic takes the member out of it."""
+    token = mint(tenant, user="ann", topics=["room", "lobby"])
+    async with (
+        member(ws_url(server, token), token, "room") as ann,
+        member(ws_url(server, mint(tenant, user="bob")), "", "room") as bob,
+    ):
+        await ann.join()
+        ann.topic = "lobby"
+        await ann.join()
+        await bob.join()
+        await ann.until(lambda f: f["op"] == "presence.joined")  # bob, in room
+        narrower = mint(tenant, user="ann", topics=["lobby"])
+        await ann.ws.send(orjson.dumps({"op": "refresh", "token": narrower}).decode())
+        await ann.until(lambda f: f["op"] == "refreshed")
+        left = await ann.until(lambda f: f["op"] == "presence.left")
+        assert left["topic"] == "room" and left["member"]["id"] == ann.me
+        # The others see it leave, and so does a fresh look at the topic.
+        gone = await bob.until(lambda f: f["op"] == "presence.left" and "ref" not in f)
+        assert gone["member"]["id"] == ann.me
+        state = await bob.request("presence.get")
+        assert [m["user_id"] for m in state["members"]] == ["bob"]
+        # Still present where the new token allows it.
+        bob.topic = "lobby"
+        state = await bob.request("presence.get")
+        assert [m["user_id"] for m in state["members"]] == ["ann"]
+        # And a join of the dropped topic is refused now.
+        ann.topic = "room"
+        answer = await ann.request("presence.join")
+        assert answer["op"] == "error" and "room" in answer["message"]

@@ -17,13 +17,15 @@ import psycopg
 import pytest
 
 from pgpulse import db
+from pgpulse.auth import Verifier
 from pgpulse.events import Event
 from pgpulse.history import History
 from pgpulse.hub import Hub, Subscription
+from pgpulse.transports.lifetime import Lifetime
 from pgpulse.transports.ops import ClientOps
 from pgpulse.transports.subscription import Stream
 
-from ..support import publish_for_id
+from ..support import SECRET, mint, publish_for_id
 
 Item = Event | str
 
@@ -202,3 +204,50 @@ async def test_refused_requests_change_nothing(
     everything = ClientOps(Subscription(tenant), None)
     answer = everything.handle({"op": "unsubscribe", "topics": ["a"]})
     assert answer is not None and "reads every topic" in orjson.loads(answer)["message"]
+
+
+async def test_a_refresh_to_fewer_topics_overrules_what_is_queued_or_in_flight(
+    stream: Stream, database_url: str, tenant: str
+) -> None:
+    """A subscribe checked against the old token, or half way through its catch-up,
+    yields to a refresh that drops the topic: nothing of it reaches the client."""
+    verifier = Verifier(SECRET, ["HS256"])
+    narrower = mint(tenant, topics=["a"])
+
+    def connection() -> tuple[Subscription, ClientOps, Lifetime]:
+        sub = Subscription(tenant, topics=frozenset({"a"}))
+        principal = verifier.verify(mint(tenant, topics=["a", "b"]))
+        ops = ClientOps(sub, principal.topics)
+        return sub, ops, Lifetime(principal, sub, verifier, on_refresh=ops.replace_allowed)
+
+    # Queued under the old token, taken by the writer after the refresh.
+    sub, ops, lifetime = connection()
+    writer = Writer(stream, sub, ops)
+    try:
+        assert frames(await writer.pull(1))[0]["op"] == "ready"
+        assert (
+            ops.handle({"op": "subscribe", "topics": ["b"], "last_event_id": 0, "ref": 1}) is None
+        )
+        assert orjson.loads(lifetime.refresh(narrower))["op"] == "refreshed"
+        (answer,) = frames(await writer.pull(1))
+        assert answer["op"] == "error" and answer["ref"] == 1 and "b" in answer["message"]
+        assert sub.topics == frozenset({"a"})
+    finally:
+        await writer.close()
+
+    # Refreshed after the first event of the catch-up went out.
+    sub, ops, lifetime = connection()
+    writer = Writer(stream, sub, ops)
+    try:
+        assert frames(await writer.pull(1))[0]["op"] == "ready"
+        b_ids = await publish(database_url, tenant, "bbb")  # dispatched, not yet pulled
+        await dispatch(stream, tenant, b_ids[-1])
+        assert ops.handle({"op": "subscribe", "topics": ["b"], "last_event_id": 0}) is None
+        subscribed, first = frames(await writer.pull(2))
+        assert subscribed["op"] == "subscribed" and first == b_ids[0]
+        assert orjson.loads(lifetime.refresh(narrower))["op"] == "refreshed"
+        (a_id,) = await publish(database_url, tenant, "a")
+        await dispatch(stream, tenant, a_id)
+        assert ids(await writer.pull(1)) == [a_id]  # not the rest of b's catch-up
+    finally:
+        await writer.close()

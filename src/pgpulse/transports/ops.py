@@ -77,9 +77,22 @@ class ClientOps:
         self.presence: ConnectionPresence | None = None
 
     def replace_allowed(self, allowed: frozenset[str] | None) -> None:
-        """The connection's token was replaced (``refresh``): later requests are checked
-        against the new token's topics."""
+        """The connection's token was replaced (``refresh``).
+
+        Requests already queued were checked against the old token: each is
+        checked again when the writer takes it (:meth:`_refusal`). Presence in
+        a topic the new token does not allow is left at once, through the
+        writer, so the client reads ``presence.left`` in its place in the
+        stream.
+        """
         self.allowed = allowed
+        if allowed is None or self.presence is None:
+            return
+        dropped = [topic for topic in self.presence.topics if topic not in allowed]
+        for topic in dropped:
+            self._queue.append(PresenceRequest("leave", topic))
+        if dropped:
+            self.subscription.interrupt()
 
     def handle(self, frame: dict[str, Any]) -> str | None:
         """Check and queue one request; returns an ``error`` frame to send at once, or None."""
@@ -156,17 +169,26 @@ class ClientOps:
                     yield frame
 
     async def _refusal(self, request: TopicChange | PresenceRequest) -> str | None:
-        """The ``error`` frame for a topic the app does not let this connection read."""
-        if self._may_read is None:
-            return None
+        """The ``error`` frame for a topic this connection may no longer read.
+
+        The token may have been refreshed to fewer topics since the request
+        was queued; and in library mode the app's ``authorize_topic`` decides.
+        """
         if isinstance(request, TopicChange):
             topics = sorted(request.topics) if request.add else []
         else:
             topics = [request.topic] if request.action != "leave" else []
-        for topic in topics:
-            if not await self._may_read(topic):
-                ref = {} if request.ref is None else {"ref": request.ref}
-                return control("error", message=f"topic {topic!r} is not allowed", **ref)
+        ref = {} if request.ref is None else {"ref": request.ref}
+        if self._may_read is not None:
+            for topic in topics:
+                if not await self._may_read(topic):
+                    return control("error", message=f"topic {topic!r} is not allowed", **ref)
+        # Last, with no await before the request is applied: a refresh cannot slip between.
+        allowed = self.allowed
+        if allowed is not None and (denied := [t for t in topics if t not in allowed]):
+            return control(
+                "error", message=f"token does not allow topic(s): {', '.join(denied)}", **ref
+            )
         return None
 
     async def close(self) -> None:

@@ -94,6 +94,11 @@ class ConnectionPresence:
         self._versions: dict[str, int | None] = {}
         self._held: dict[str, list[tuple[int, str, dict[str, Any]]]] = {}
 
+    @property
+    def topics(self) -> list[str]:
+        """The topics this connection is a member of, or joining."""
+        return list(self._versions)
+
     # -- Watcher ------------------------------------------------------------
 
     def presence_changed(self, topic: str, version: int, kind: str, member: dict[str, Any]) -> None:

@@ -84,7 +84,9 @@ class Stream:
             while not subscription.closed:
                 if requests is not None and requests.pending:
                     async for item in requests.apply(self, subscription):
-                        yield item
+                        # A refresh may narrow the topics while a catch-up runs.
+                        if isinstance(item, str) or subscription.wants(item):
+                            yield item
                     continue
                 batch = await subscription.next_batch(idle)
                 if not batch:
