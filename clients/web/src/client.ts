@@ -651,6 +651,13 @@ export class PgpulseClient {
         }
         const joined = this.#joined.get(control.topic);
         if (joined === undefined) break;
+        if (control.op === "presence.left" && control.member.id === joined.self) {
+          // The server took this connection out (a refreshed token dropped the topic):
+          // not present any more, and not to be joined again on a reconnect.
+          this.#joined.delete(control.topic);
+          this.#emit("presence", { topic: control.topic, members: [], self: null });
+          break;
+        }
         if (control.op === "presence.joined") joined.members.set(control.member.id, memberFromWire(control.member));
         else joined.members.delete(control.member.id);
         this.#emit("presence", presenceState(control.topic, joined));

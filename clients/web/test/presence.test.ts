@@ -90,4 +90,27 @@ describe("presence", () => {
     );
     expect(sockets.sockets).toHaveLength(2);
   });
+  it("is taken out of a topic that a refreshed token no longer allows", async () => {
+    const tenant = uniqueTenant("narrowed");
+    let handedOut = 0;
+    const alice = present(tenant, "alice", {
+      token: () => {
+        handedOut += 1;
+        // The first token expires in 3 s; the one refreshed in band drops "room".
+        return handedOut === 1
+          ? mintToken({ tenant_id: tenant, sub: "alice", topics: ["room", "notifications"], ttlSeconds: 3 })
+          : mintToken({ tenant_id: tenant, sub: "alice", topics: ["notifications"] });
+      },
+    });
+    const bob = present(tenant, "bob");
+    await alice.client.joinPresence("room");
+    await bob.client.joinPresence("room");
+    await bob.until(["alice", "bob"]);
+    await alice.until(["alice", "bob"]);
+    await alice.recorder.until(() => alice.latest()?.self === null, "alice out of room after the refresh");
+    expect(alice.client.presence("room")).toBeUndefined();
+    await bob.until(["bob"]);
+    expect(handedOut).toBe(2);
+    expect(alice.recorder.errors).toEqual([]);
+  });
 });
