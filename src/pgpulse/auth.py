@@ -9,6 +9,7 @@ secret) are refused by construction.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import os
@@ -193,6 +194,22 @@ class Verifier:
         if len(self._verified) > VERIFIED_CACHE_SIZE:
             self._verified.popitem(last=False)
         return principal
+
+    async def prepare(self, token: str) -> None:
+        """Fetch the identity provider's keys now, off the event loop, if ``token`` needs it.
+
+        Call it before :meth:`verify` in async code: ``verify`` is synchronous
+        and would otherwise fetch in the event loop, stalling every connection
+        of the process for as long as the provider takes to answer.
+        """
+        if self._jwks is None or token in self._verified:
+            return
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.PyJWTError:
+            return  # verify says why
+        if isinstance(kid, str) and kid:
+            await self._jwks.prepare(kid)
 
     def _candidates(self, token: str) -> list[tuple[Any, list[str]]]:
         """The keys that may have signed ``token``: its ``kid``'s from the JWKS, then the rest."""
@@ -400,9 +417,11 @@ class JwksKeys:
     make the server hammer the provider. A failed fetch keeps the last good
     set. Keys of other algorithms than RS256 and ES256 are skipped.
 
-    Fetches are synchronous (PyJWT's :class:`jwt.PyJWKClient`), with a short
-    timeout: they are rare, and verification, which needs the key at once,
-    is synchronous too.
+    PyJWT's :class:`jwt.PyJWKClient` fetches synchronously, with a short
+    timeout. The server's paths call :meth:`prepare` first, which fetches in
+    a thread (one fetch however many callers wait for it): an unknown
+    ``kid`` waits for it, an old set is used while it is renewed. Only a
+    direct call of :meth:`Verifier.verify` fetches in the caller's thread.
     """
 
     def __init__(self, url: str) -> None:
@@ -417,6 +436,7 @@ class JwksKeys:
         self._keys: dict[str, jwt.PyJWK] = {}
         self._fetched = -math.inf
         self._attempted = -math.inf
+        self._inflight: asyncio.Future[None] | None = None
         self.fetches = 0
 
     def load_at_start(self) -> None:
@@ -428,14 +448,34 @@ class JwksKeys:
             log.warning("cannot fetch the JWKS at %s yet: %s", self.url, exc)
 
     def key(self, kid: str) -> jwt.PyJWK | None:
+        if self._due(kid):
+            self._fetch_logged()
+        return self._keys.get(kid)
+
+    async def prepare(self, kid: str) -> None:
+        """Fetch in a thread if :meth:`key` would fetch; wait only if ``kid`` is unknown."""
+        if self._inflight is None:
+            if not self._due(kid):
+                return
+            self._attempted = time.monotonic()  # key() must not fetch meanwhile
+            self._inflight = asyncio.ensure_future(asyncio.to_thread(self._fetch_logged))
+            self._inflight.add_done_callback(self._fetched_now)
+        if kid not in self._keys:
+            await asyncio.shield(self._inflight)
+
+    def _fetched_now(self, _: asyncio.Future[None]) -> None:
+        self._inflight = None
+
+    def _due(self, kid: str) -> bool:
         now = time.monotonic()
         wanted = kid not in self._keys or now - self._fetched > JWKS_MAX_AGE
-        if wanted and now - self._attempted >= JWKS_COOLDOWN:
-            try:
-                self._fetch()
-            except jwt.PyJWTError as exc:
-                log.warning("cannot fetch the JWKS at %s: %s", self.url, exc)
-        return self._keys.get(kid)
+        return wanted and now - self._attempted >= JWKS_COOLDOWN
+
+    def _fetch_logged(self) -> None:
+        try:
+            self._fetch()
+        except jwt.PyJWTError as exc:
+            log.warning("cannot fetch the JWKS at %s: %s", self.url, exc)
 
     def _fetch(self) -> None:
         self._attempted = time.monotonic()

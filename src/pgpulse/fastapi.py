@@ -184,14 +184,14 @@ class Pgpulse:
             raise Refused(str(NotRunning()), 503, WS_1011_INTERNAL_ERROR, reason=NOT_RUNNING_REASON)
         return self._runtime
 
-    def _token_principal(
+    async def _token_principal(
         self, conn: HTTPConnection, query_token: bool = False
     ) -> Principal | Refused:
         """The caller by pgpulse's JWT provider, for routes served ahead of FastAPI."""
         if self.token_auth is None:
             raise ConfigError("only pgpulse's JWT provider can serve routes ahead of FastAPI")
         try:
-            return self.token_auth.principal(conn, query_token=query_token)
+            return await self.token_auth.principal(conn, query_token=query_token)
         except AuthError as exc:
             return _token_refused(exc)
 
@@ -304,7 +304,7 @@ class TokenAuth:
             self._verifier = Verifier.from_settings(self.settings)
         return self._verifier
 
-    def principal(self, conn: HTTPConnection, query_token: bool = False) -> Principal:
+    async def principal(self, conn: HTTPConnection, query_token: bool = False) -> Principal:
         """The caller from ``Authorization: Bearer`` (or dev mode's ``?tenant_id=``).
 
         ``query_token`` also accepts ``?token=``: only the streams pass it (``/ws``,
@@ -322,6 +322,7 @@ class TokenAuth:
         elif query_token:
             token = conn.query_params.get("token")
         if token:
+            await self.verifier.prepare(token)  # a JWKS fetch, off the event loop
             return self.verifier.verify(token)
         if self.settings.insecure_dev:
             tenant = conn.query_params.get("tenant_id")
@@ -342,11 +343,11 @@ class TokenAuth:
 
     async def __call__(self, conn: HTTPConnection) -> Principal:
         # async on purpose: FastAPI runs a plain ``def`` dependency in a worker thread.
-        return self.principal(conn)
+        return await self.principal(conn)
 
     async def stream(self, conn: HTTPConnection) -> Principal:
         """The caller of a stream (``/ws``, ``/sse``): ``?token=`` is accepted too."""
-        return self.principal(conn, query_token=True)
+        return await self.principal(conn, query_token=True)
 
 
 @contextlib.asynccontextmanager

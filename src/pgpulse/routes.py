@@ -50,7 +50,7 @@ class DirectRoutes:
         kind = scope["type"]
         if kind == "websocket" and _path(scope) in WS_PATHS:
             websocket = WebSocket(scope, receive, send)
-            principal = self.pulse._token_principal(websocket, query_token=True)
+            principal = await self.pulse._token_principal(websocket, query_token=True)
             await self.pulse._serve_websocket(websocket, principal)
         elif (
             kind == "http"
@@ -61,7 +61,7 @@ class DirectRoutes:
                 await JSONResponse({"detail": str(NotRunning())}, 503)(scope, receive, send)
                 return
             scope[RUNTIME_KEY] = self.pulse.runtime
-            principal = self.pulse._token_principal(HTTPConnection(scope))
+            principal = await self.pulse._token_principal(HTTPConnection(scope))
             # The handler raises a refusal it finds here, as the router's binding does.
             refusal = principal.as_http() if isinstance(principal, Refused) else principal
             scope[PRINCIPAL_KEY] = refusal

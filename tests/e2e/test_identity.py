@@ -41,11 +41,17 @@ class JwksServer:
     def __init__(self) -> None:
         self.keys: list[dict[str, Any]] = []
         self.requests = 0
+        self.gate: threading.Event | None = None
+        """When set, a fetch waits for it to open, as a slow identity provider would."""
+        self.waiting = threading.Event()
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 outer.requests += 1
+                if outer.gate is not None:
+                    outer.waiting.set()
+                    outer.gate.wait(30)
                 body = orjson.dumps({"keys": outer.keys})
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -65,6 +71,8 @@ class JwksServer:
         self.keys = [jwk(kid, key) for kid, key in pairs]
 
     def close(self) -> None:
+        if self.gate is not None:
+            self.gate.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -157,6 +165,44 @@ async def test_auth0_shaped_tokens_through_a_rotating_jwks(
                 headers={"Authorization": f"Bearer {auth0_token(new, 'key-2', tenant)}"},
             )
             assert r.status_code == 200
+
+
+async def test_a_slow_identity_provider_holds_up_only_the_tokens_that_need_it(
+    jwks: JwksServer, database_url: str, tmp_path: Path, tenant: str, monkeypatch: Any
+) -> None:
+    """A fetch of the JWKS runs off the event loop: while the provider is slow to
+    answer, requests and sockets with known keys go on; the new key's wait, then pass."""
+    monkeypatch.setattr(auth, "JWKS_COOLDOWN", 0.0)
+    old, new = rsa_key(), rsa_key()
+    jwks.publish(("key-1", old))
+    async with (
+        start_server(
+            database_url,
+            tmp_path,
+            jwt_secret=None,
+            jwks_url=jwks.url,
+            jwt_audience=AUDIENCE,
+            jwt_issuer=ISSUER,
+            tenant_claim="https://pgpulse.example/tenant_id",
+        ) as srv,
+        srv.http() as http,
+    ):
+        jwks.publish(("key-1", old), ("key-2", new))
+        jwks.gate = threading.Event()
+
+        def get(token: str) -> Any:
+            return http.get("/api/notifications", headers={"Authorization": f"Bearer {token}"})
+
+        rotated = asyncio.create_task(get(auth0_token(new, "key-2", tenant)))
+        assert await asyncio.to_thread(jwks.waiting.wait, 15), "no fetch of the new key"
+        # The provider has not answered yet: the rest of the server has not stopped.
+        assert (await get(auth0_token(old, "key-1", tenant))).status_code == 200
+        async with srv.connect(auth0_token(old, "key-1", tenant)) as ws:
+            assert (await until_ready(ws))[-1]["op"] == "ready"
+        assert not rotated.done()
+        jwks.gate.set()
+        r = await asyncio.wait_for(rotated, 15)
+        assert r.status_code == 200, r.text
 
 
 async def test_audience_and_issuer_mismatches_are_refused(

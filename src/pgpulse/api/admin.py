@@ -58,7 +58,9 @@ async def _admin(request: Request) -> Principal:
             headers={"WWW-Authenticate": "Bearer"},
         )
     try:
-        principal = _verifier(request).verify(value.strip())
+        verifier = _verifier(request)
+        await verifier.prepare(value.strip())
+        principal = verifier.verify(value.strip())
     except AuthError as exc:
         raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
     if ADMIN_SCOPE not in principal.scopes:

@@ -67,11 +67,14 @@ class Lifetime:
         self._timer = None
         self._subscription.close(ended=TOKEN_EXPIRED)
 
-    def answer(self, frame: dict[str, Any]) -> str | None:
+    async def answer(self, frame: dict[str, Any]) -> str | None:
         """The reply to a client frame this module handles (``refresh``), else None."""
         if frame.get("op") != "refresh":
             return None
-        return self.refresh(frame.get("token"))
+        token = frame.get("token")
+        if self._verifier is not None and isinstance(token, str) and token:
+            await self._verifier.prepare(token)  # a JWKS fetch, off the event loop
+        return self.refresh(token)
 
     def refresh(self, token: object) -> str:
         """Take a new token for this connection; the reply frame says whether it was."""

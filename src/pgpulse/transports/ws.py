@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -40,7 +40,7 @@ from .uvicorn_ws import EXTENSION, PROTOCOL_PATH
 
 log = logging.getLogger("pgpulse.ws")
 
-Ops = Callable[[dict[str, Any]], str | None]
+Ops = Callable[[dict[str, Any]], Awaitable[str | None]]
 """Answers the client ops a module handles (e.g. ``refresh``), or None for others."""
 
 CLOSE_TIMEOUT = 5.0  # seconds to get a close frame out to a peer that does not read
@@ -184,7 +184,7 @@ async def _read_client(
             if allowance < 0:
                 subscription.close()
                 return (WS_1008_POLICY_VIOLATION, "too many client frames")
-            reply = _answer(message.get("text"), message.get("bytes"), ops, refresh)
+            reply = await _answer(message.get("text"), message.get("bytes"), ops, refresh)
             if reply is not None:  # else the writer answers, in its place in the stream
                 async with lock:
                     await websocket.send_text(reply)
@@ -194,7 +194,7 @@ async def _read_client(
         subscription.close()
 
 
-def _answer(
+async def _answer(
     text: str | None, data: bytes | None, ops: ClientOps, refresh: Ops | None = None
 ) -> str | None:
     if text is None:
@@ -211,7 +211,7 @@ def _answer(
         return control("pong")
     if frame["op"] in OPS:
         return ops.handle(frame)
-    if refresh is not None and (reply := refresh(frame)) is not None:
+    if refresh is not None and (reply := await refresh(frame)) is not None:
         return reply
     known = ", ".join(sorted(["ping", "refresh", *OPS]))
     return control("error", message=f"unknown op {frame['op'][:40]!r}; known: {known}")
