@@ -125,13 +125,9 @@ def auth0_token(private: Any, kid: str, tenant: str, **extra: Any) -> str:
     return jwt.encode(claims, private, algorithm="RS256", headers={"kid": kid})
 
 
-async def test_auth0_shaped_tokens_through_a_rotating_jwks(
-    jwks: JwksServer, database_url: str, tmp_path: Path, tenant: str, monkeypatch: Any
-) -> None:
-    monkeypatch.setattr(auth, "JWKS_COOLDOWN", 0.5)
-    old, new = rsa_key(), rsa_key()
-    jwks.publish(("key-1", old))
-    async with start_server(
+def auth0_server(database_url: str, tmp_path: Path, jwks: JwksServer) -> Any:
+    """A server that takes Auth0-shaped tokens, keys from ``jwks``."""
+    return start_server(
         database_url,
         tmp_path,
         jwt_secret=None,
@@ -139,7 +135,16 @@ async def test_auth0_shaped_tokens_through_a_rotating_jwks(
         jwt_audience=AUDIENCE,
         jwt_issuer=ISSUER,
         tenant_claim="https://pgpulse.example/tenant_id",
-    ) as srv:
+    )
+
+
+async def test_auth0_shaped_tokens_through_a_rotating_jwks(
+    jwks: JwksServer, database_url: str, tmp_path: Path, tenant: str, monkeypatch: Any
+) -> None:
+    monkeypatch.setattr(auth, "JWKS_COOLDOWN", 0.5)
+    old, new = rsa_key(), rsa_key()
+    jwks.publish(("key-1", old))
+    async with auth0_server(database_url, tmp_path, jwks) as srv:
         fetched = jwks.requests
         async with srv.connect(auth0_token(old, "key-1", tenant)) as ws:
             assert (await until_ready(ws))[-1]["op"] == "ready"
@@ -176,15 +181,7 @@ async def test_a_slow_identity_provider_holds_up_only_the_tokens_that_need_it(
     old, new = rsa_key(), rsa_key()
     jwks.publish(("key-1", old))
     async with (
-        start_server(
-            database_url,
-            tmp_path,
-            jwt_secret=None,
-            jwks_url=jwks.url,
-            jwt_audience=AUDIENCE,
-            jwt_issuer=ISSUER,
-            tenant_claim="https://pgpulse.example/tenant_id",
-        ) as srv,
+        auth0_server(database_url, tmp_path, jwks) as srv,
         srv.http() as http,
     ):
         jwks.publish(("key-1", old), ("key-2", new))
