@@ -22,6 +22,7 @@ import orjson
 import uvicorn
 import websockets
 from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
 
 from pgpulse import server as servers
 from pgpulse.app import create_app
@@ -197,6 +198,17 @@ async def events(
             if "id" in frame:
                 got.append(frame)
     return got
+
+
+async def closed_with(ws: ClientConnection, timeout: float = TIMEOUT) -> tuple[int, str, float]:
+    """Read until the server closes; the close code, its reason and when it came."""
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                await ws.recv()
+    except ConnectionClosed as exc:
+        assert exc.rcvd is not None, "closed without a close frame from the server"
+        return exc.rcvd.code, exc.rcvd.reason, time.time()
 
 
 async def no_more_events(ws: ClientConnection, wait: float = 0.5) -> None:

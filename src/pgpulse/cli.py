@@ -23,7 +23,9 @@ from rich.markup import escape
 from . import db
 from .auth import ADMIN_SCOPE, ADMIN_TENANT, Verifier
 from .errors import PgpulseError
+from .events import MAX_NAME_LENGTH, is_name
 from .settings import Settings
+from .sql import QUERIES
 
 T = TypeVar("T")
 
@@ -425,6 +427,35 @@ def untrack(
 
     name = on_database(load_settings(data_dir=data_dir), lambda conn: remove(conn, table))
     print(f"no longer tracking {name}")
+
+
+@cli.command()
+def disconnect(
+    tenant: Annotated[str, typer.Option(help="Tenant whose connections to close.")],
+    user: Annotated[
+        str | None, typer.Option(help="Only this user's (without it: the whole tenant's).")
+    ] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Close a tenant's (or one user's) open WebSockets and SSE streams on every node.
+
+    Clients see WebSocket close 1008 "disconnected by the operator". A client
+    whose token is still valid may connect again: revoke access with short
+    token lifetimes.
+    """
+    for option, value in (("--tenant", tenant), ("--user", user)):
+        if value is not None and not is_name(value):
+            fail(f"{option} must be 1 to {MAX_NAME_LENGTH} characters, without NUL", 2)
+
+    async def send(conn: psycopg.AsyncConnection[Any]) -> None:
+        try:
+            await conn.execute(QUERIES["admin_disconnect"], {"tenant_id": tenant, "user_id": user})
+        except (psycopg.errors.InvalidSchemaName, psycopg.errors.UndefinedFunction):
+            fail("this database has no pgpulse.disconnect: run pgpulse migrate first")
+
+    on_database(load_settings(data_dir=data_dir), send)
+    who = f"user {user} of tenant {tenant}" if user is not None else f"all of tenant {tenant}"
+    print(f"disconnect sent to {who}")
 
 
 @cli.command(

@@ -29,6 +29,7 @@ from ..support import (
     TIMEOUT,
     ServerHandle,
     ServerProcess,
+    closed_with,
     events,
     free_port,
     mint,
@@ -43,6 +44,7 @@ ADMIN_PATHS = [
     ("GET", "/api/admin/tenants", None),
     ("GET", "/api/admin/history?tenant=acme", None),
     ("POST", "/api/admin/tokens", {"tenant_id": "acme"}),
+    ("POST", "/api/admin/disconnect", {"tenant_id": "acme"}),
 ]
 
 
@@ -116,7 +118,7 @@ async def test_the_admin_api_needs_an_admin_token_in_the_header(
             r = await http.request(method, f"{path}{sep}token={admin_token()}", json=body)
             assert r.status_code == 401, (path, r.text)
             r = await http.request(method, path, json=body, headers=bearer(admin_token()))
-            assert r.status_code in (200, 201), (path, r.text)
+            assert r.status_code in (200, 201, 202), (path, r.text)
         r = await http.get("/api/admin/overview", headers=bearer(mint(tenant, scopes=["publish"])))
         assert "admin scope" in r.json()["detail"]
 
@@ -346,7 +348,133 @@ async def test_minted_tokens_belong_to_one_tenant_and_never_carry_admin(
         assert r.status_code == 422
 
 
+async def publish(database_url: str, *tenants: str) -> None:
+    """One tenant-wide event to each tenant, from SQL."""
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as c:
+        for tenant in tenants:
+            await c.execute("SELECT pgpulse.publish(%s, 'notifications', 'after', '{}')", [tenant])
+
+
+async def disconnect(server: ServerHandle, body: Any) -> Any:
+    async with server.http() as http:
+        r = await http.post("/api/admin/disconnect", json=body, headers=bearer(admin_token()))
+    assert r.status_code == 202, r.text
+    return r.json()
+
+
+DISCONNECTED = (1008, "disconnected by the operator")
+
+
+async def test_disconnect_closes_one_users_sockets_and_no_one_elses(
+    node: ServerHandle, database_url: str, tenant: str
+) -> None:
+    other = tenant + "-b"
+    async with (
+        node.connect(mint(tenant, "ann")) as ann,
+        node.connect(mint(tenant, "ann", topics=["x"])) as ann_again,
+        node.connect(mint(tenant, "bob")) as bob,
+        node.connect(mint(tenant)) as tenant_wide,
+        node.connect(mint(other, "ann")) as ann_elsewhere,  # the same user id, another tenant
+    ):
+        for ws in (ann, ann_again, bob, tenant_wide, ann_elsewhere):
+            await until_ready(ws)
+        answer = await disconnect(node, {"tenant_id": tenant, "user_id": "ann"})
+        assert answer == {"tenant_id": tenant, "user_id": "ann"}
+        for ws in (ann, ann_again):
+            code, reason, _ = await closed_with(ws)
+            assert (code, reason) == DISCONNECTED
+        # This node has acted: the others are still open, and still delivered to.
+        await publish(database_url, tenant, other)
+        for ws, owner in ((bob, tenant), (tenant_wide, tenant), (ann_elsewhere, other)):
+            [frame] = await events(ws, 1)
+            assert frame["tenant_id"] == owner and frame["type"] == "after"
+
+
+async def test_disconnect_without_a_user_closes_the_whole_tenant(
+    node: ServerHandle, database_url: str, tenant: str
+) -> None:
+    other = tenant + "-b"
+    async with (
+        node.connect(mint(tenant, "ann")) as ann,
+        node.connect(mint(tenant)) as tenant_wide,
+        node.connect(mint(other)) as elsewhere,
+        node.http() as http,
+        http.stream("GET", "/sse", params={"token": mint(tenant, "bob")}) as sse,
+    ):
+        assert sse.status_code == 200
+        lines = sse.aiter_lines()
+        async with asyncio.timeout(TIMEOUT):
+            async for line in lines:
+                if '"op":"ready"' in line.replace(" ", ""):
+                    break
+        for ws in (ann, tenant_wide, elsewhere):
+            await until_ready(ws)
+        answer = await disconnect(node, {"tenant_id": tenant, "user_id": None})
+        assert answer == {"tenant_id": tenant, "user_id": None}
+        for ws in (ann, tenant_wide):
+            code, reason, _ = await closed_with(ws)
+            assert (code, reason) == DISCONNECTED
+        async with asyncio.timeout(TIMEOUT):
+            async for _ in lines:
+                pass  # the stream ends
+        await publish(database_url, other)
+        [frame] = await events(elsewhere, 1)
+        assert frame["tenant_id"] == other
+
+
+async def test_disconnect_refuses_bad_names_and_disconnects_no_one(
+    node: ServerHandle, database_url: str, tenant: str
+) -> None:
+    async with node.connect(mint(tenant, "ann")) as ws, node.http() as http:
+        await until_ready(ws)
+        for body in (
+            {},
+            {"user_id": "ann"},
+            {"tenant_id": ""},
+            {"tenant_id": "x" * 201},
+            {"tenant_id": "a\x00b"},
+            {"tenant_id": tenant, "user_id": ""},
+            {"tenant_id": tenant, "user_id": "ann\x00"},
+            {"tenant_id": tenant, "user_id": 7},
+            {"tenant_id": tenant, "users": ["ann"]},
+            [tenant],
+        ):
+            r = await http.post("/api/admin/disconnect", json=body, headers=bearer(admin_token()))
+            assert r.status_code == 422, (body, r.text)
+            detail = r.json()["detail"]
+            assert isinstance(detail, str) and detail and "\n" not in detail, (body, detail)
+        r = await http.post("/api/admin/disconnect", content=b"{", headers=bearer(admin_token()))
+        assert r.status_code == 422
+        r = await http.post(
+            "/api/admin/disconnect",
+            content=b'{"tenant_id": "' + b"x" * 10_000 + b'"}',
+            headers=bearer(admin_token()),
+        )
+        assert r.status_code == 413
+        for headers, status in ((bearer(mint(tenant, "ann")), 403), ({}, 401)):
+            r = await http.post(
+                "/api/admin/disconnect", json={"tenant_id": tenant}, headers=headers
+            )
+            assert r.status_code == status, r.text
+        await publish(database_url, tenant)  # still open
+        [frame] = await events(ws, 1)
+        assert frame["type"] == "after"
+
+
 async def test_admin_paths_are_in_the_openapi_description(node: ServerHandle) -> None:
     async with node.http() as http:
         spec = (await http.get("/openapi.json")).json()
-    assert {"/api/admin/overview", "/api/admin/tenants", "/api/admin/history"} <= set(spec["paths"])
+    assert {
+        "/api/admin/overview",
+        "/api/admin/tenants",
+        "/api/admin/history",
+        "/api/admin/tokens",
+        "/api/admin/disconnect",
+    } <= set(spec["paths"])
+    post = spec["paths"]["/api/admin/disconnect"]["post"]
+    schema = post["requestBody"]["content"]["application/json"]["schema"]
+    assert schema["required"] == ["tenant_id"] and set(schema["properties"]) == {
+        "tenant_id",
+        "user_id",
+    }
+    assert "202" in post["responses"]

@@ -23,7 +23,16 @@ import websockets
 import pgpulse as pgpulse_api
 
 from ..jobs_support import job_row, until_status, worker_process
-from ..support import TIMEOUT, ServerProcess, free_port, recv, until_ready
+from ..support import (
+    TIMEOUT,
+    ServerHandle,
+    ServerProcess,
+    closed_with,
+    free_port,
+    mint,
+    recv,
+    until_ready,
+)
 
 
 def pgpulse(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -107,6 +116,17 @@ async def test_zero_config_serve_token_publish(open_tmp: Path) -> None:
             async with await psycopg.AsyncConnection.connect(sql_url, autocommit=True) as c:
                 await c.execute("SELECT pgpulse.publish('acme', 'n', 'from_sql', '{}')")
             assert (await recv(ws))["type"] == "from_sql"
+        # The embedded database is found as publish finds it: a user's socket is closed.
+        ann = pgpulse("token", "--tenant", "acme", "--user", "ann", env=env).stdout.strip()
+        url = f"ws://127.0.0.1:{port}/ws?token={ann}"
+        async with websockets.connect(url, open_timeout=TIMEOUT) as ws:
+            await until_ready(ws)
+            sent = await asyncio.to_thread(
+                pgpulse, "disconnect", "--tenant", "acme", "--user", "ann", env=env
+            )
+            assert sent.returncode == 0, sent.stderr
+            code, reason, _ = await closed_with(ws)
+            assert (code, reason) == (1008, "disconnected by the operator")
     finally:
         code = await asyncio.to_thread(server.stop)
     assert code == 0, server.output()
@@ -132,6 +152,59 @@ def test_migrate_token_and_bad_arguments(database_url: str, tmp_path: Path) -> N
         result = pgpulse(*args, env=env)
         assert result.returncode == 2, (args, result.stderr)
         assert "Traceback" not in result.stderr and result.stderr.strip(), args
+
+
+async def test_disconnect_closes_a_users_sockets_only(
+    server: ServerHandle, database_url: str, tenant: str, tmp_path: Path
+) -> None:
+    env = {**clean_env(tmp_path), "PGPULSE_DATABASE_URL": database_url}
+    async with (
+        server.connect(mint(tenant, "ann")) as ann,
+        server.connect(mint(tenant, "bob")) as bob,
+    ):
+        await until_ready(ann)
+        await until_ready(bob)
+        sent = await asyncio.to_thread(
+            pgpulse, "disconnect", "--tenant", tenant, "--user", "ann", env=env
+        )
+        assert sent.returncode == 0, sent.stderr
+        assert sent.stdout == f"disconnect sent to user ann of tenant {tenant}\n"
+        code, reason, _ = await closed_with(ann)
+        assert (code, reason) == (1008, "disconnected by the operator")
+        await bob.send('{"op": "ping"}')  # another user of the tenant stays connected
+        assert await recv(bob) == {"op": "pong"}
+        sent = await asyncio.to_thread(pgpulse, "disconnect", "--tenant", tenant, env=env)
+        assert sent.returncode == 0, sent.stderr
+        assert sent.stdout == f"disconnect sent to all of tenant {tenant}\n"
+        code, reason, _ = await closed_with(bob)
+        assert (code, reason) == (1008, "disconnected by the operator")
+
+
+def test_disconnect_refuses_bad_input_in_one_line(
+    database_url: str, fresh_database: str, tmp_path: Path
+) -> None:
+    env = {**clean_env(tmp_path), "PGPULSE_DATABASE_URL": database_url}
+    for args, message in [
+        (["--tenant", ""], "--tenant must be 1 to 200 characters"),
+        (["--tenant", "x" * 201], "--tenant must be 1 to 200 characters"),
+        (["--tenant", "acme", "--user", ""], "--user must be 1 to 200 characters"),
+        (["--tenant", "acme", "--user", "a" * 201], "--user must be 1 to 200 characters"),
+    ]:
+        result = pgpulse("disconnect", *args, env=env)
+        assert result.returncode == 2, (args, result.stderr)
+        assert message in result.stderr and result.stderr.strip().count("\n") == 0, result.stderr
+        assert result.stdout == "", args
+    missing = pgpulse("disconnect", "--user", "ann", env=env)
+    assert missing.returncode == 2 and "--tenant" in missing.stderr, missing.stderr
+    assert "Traceback" not in missing.stderr
+    # A database without pgpulse's schema, or none at all: one line, exit 1.
+    for url, message in [
+        (fresh_database, "run pgpulse migrate"),
+        ("postgresql://postgres@127.0.0.1:1/none", "cannot connect to PostgreSQL"),
+    ]:
+        result = pgpulse("disconnect", "--tenant", "acme", env={**env, "PGPULSE_DATABASE_URL": url})
+        assert result.returncode == 1, (url, result.stderr)
+        assert message in result.stderr and result.stderr.strip().count("\n") == 0, result.stderr
 
 
 async def test_worker_runs_the_builtin_kinds_and_stops_on_sigterm(

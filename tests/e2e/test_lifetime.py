@@ -10,11 +10,11 @@ from pathlib import Path
 import psycopg
 import pytest
 import websockets
-from websockets.exceptions import ConnectionClosed
 
 from ..support import (
     ServerHandle,
     ServerProcess,
+    closed_with,
     events,
     free_port,
     mint,
@@ -33,16 +33,6 @@ async def publish(url: str, tenant: str, topic: str = "notifications", n: int = 
             await c.execute(
                 "SELECT pgpulse.publish(%s, %s, 'x', %s)", [tenant, topic, f'{{"i": {i}}}']
             )
-
-
-async def closed_with(ws: websockets.ClientConnection, timeout: float) -> tuple[int, str, float]:
-    """Read until the server closes; the close code, its reason and when it came."""
-    with pytest.raises(ConnectionClosed) as info:
-        async with asyncio.timeout(timeout):
-            while True:
-                await ws.recv()
-    assert info.value.rcvd is not None
-    return info.value.rcvd.code, info.value.rcvd.reason, time.time()
 
 
 def exp_of(token: str) -> float:

@@ -4,8 +4,10 @@
  * processes and the job worker, see the connections of two tenants opened by
  * real clients, publish from the page into a tenant's live stream (and a real
  * /ws client's), run a `sleep` job to completion, watch the events/s chart
- * follow a load, and a token without the admin scope turned away. It saves
- * screenshots at a laptop's and a phone's width in e2e-artifacts/.
+ * follow a load, and a token without the admin scope turned away; disconnect
+ * a real /ws client's user, then the whole tenant the page watches, from the
+ * keyboard. It saves screenshots at a laptop's and a phone's width in
+ * e2e-artifacts/.
  */
 
 import { mkdir } from "node:fs/promises";
@@ -72,19 +74,25 @@ async function openConsole(token: string, width = 1280): Promise<Console> {
   return { page, errors, requests };
 }
 
-/** A real /ws client of one tenant: its frames, and a way to wait for one. */
+/** A real /ws client of one tenant: its frames, how the server closed it, and a way to wait for one. */
 interface Socket {
   readonly frames: Array<Record<string, unknown>>;
+  /** The close code and reason, once closed. */
+  readonly closed: () => { code: number; reason: string } | null;
   close(): void;
 }
 
 async function openSocket(token: string): Promise<Socket> {
   const { server } = running();
   const frames: Array<Record<string, unknown>> = [];
+  let closed: { code: number; reason: string } | null = null;
   const socket = new WebSocket(`${server.url.replace("http", "ws")}/ws?token=${token}`);
   socket.on("message", (data) => frames.push(JSON.parse(String(data)) as Record<string, unknown>));
+  socket.on("close", (code, reason) => {
+    closed = { code, reason: reason.toString() };
+  });
   await waitUntil(() => frames.some((frame) => frame.op === "ready"), "the socket's ready frame");
-  return { frames, close: () => socket.close() };
+  return { frames, closed: () => closed, close: () => socket.close() };
 }
 
 /** An SSE stream of one tenant, read until closed. */
@@ -269,6 +277,77 @@ describe("the console in Chromium", () => {
     } finally {
       for (const socket of sockets) socket.close();
       sse?.close();
+      await page.close();
+    }
+  });
+
+  it("disconnects a user, then the whole tenant it watches, and watches again when asked", async () => {
+    const tenant = uniqueTenant("console-disconnect");
+    const other = `${tenant}-other`;
+    const { page, errors, requests } = await openConsole(adminToken());
+    const ann = await openSocket(mintToken({ tenant_id: tenant, sub: "ann" }));
+    const bob = await openSocket(mintToken({ tenant_id: tenant, sub: "bob" }));
+    const elsewhere = await openSocket(mintToken({ tenant_id: other, sub: "ann" }));
+    try {
+      await page.waitForSelector("#app:not([hidden])");
+
+      // One user, from the keyboard: type the tenant and the user, then Disconnect… and confirm.
+      await page.fill("#watch-tenant", tenant);
+      await page.fill("#watch-user", "ann");
+      await page.focus("#disconnect");
+      await page.keyboard.press("Enter");
+      await page.waitForSelector("#disconnect-confirm:not([hidden])");
+      expect(await page.textContent("#disconnect-question")).toContain(`user ann of tenant ${tenant}`);
+      expect(await page.evaluate(() => document.activeElement?.id)).toBe("disconnect-yes");
+      // Escape withdraws the question, and focus goes back to where it was asked.
+      await page.keyboard.press("Escape");
+      await page.waitForSelector("#disconnect-confirm[hidden]", { state: "attached" });
+      expect(await page.evaluate(() => document.activeElement?.id)).toBe("disconnect");
+      expect(ann.closed()).toBeNull();
+      await page.keyboard.press("Enter");
+      await page.waitForSelector("#disconnect-confirm:not([hidden])");
+      await page.screenshot({ path: `${ARTIFACTS}console-disconnect-1280.png` });
+      await page.keyboard.press("Enter");
+      await page.waitForFunction(
+        (text) => document.getElementById("disconnect-result")?.textContent === text,
+        `Disconnect sent to user ann of tenant ${tenant}.`,
+      );
+      await waitUntil(() => ann.closed() !== null, "ann's socket to close");
+      expect(ann.closed()).toEqual({ code: 1008, reason: "disconnected by the operator" });
+      expect(bob.closed()).toBeNull();
+      expect(elsewhere.closed()).toBeNull(); // the same user id in another tenant
+
+      // The whole tenant, while the page watches it: its own socket is closed too, and it says so.
+      await page.fill("#watch-user", "");
+      await page.click('#watch-form button[type="submit"]');
+      await page.waitForSelector('#stream-status[data-state="live"]');
+      const watchSockets = (): number => requests.filter((url) => new URL(url).pathname === "/ws").length;
+      const opened = watchSockets();
+      await page.click("#disconnect");
+      expect(await page.textContent("#disconnect-question")).toContain(`every user of tenant ${tenant}`);
+      await page.click("#disconnect-yes");
+      await page.waitForFunction(() =>
+        /This page's own watch of the tenant is closed too/.test(document.getElementById("disconnect-result")?.textContent ?? ""),
+      );
+      await page.waitForSelector('#stream-status[data-state="halted"]');
+      expect(await page.textContent("#stream-status")).toContain("Disconnected by the operator");
+      expect(await page.textContent("#stream li.notice")).toContain("Disconnected by the operator");
+      await waitUntil(() => bob.closed() !== null, "bob's socket to close");
+      expect(bob.closed()).toEqual({ code: 1008, reason: "disconnected by the operator" });
+      expect(elsewhere.closed()).toBeNull();
+      // It stays disconnected until asked: no socket of its own since.
+      await page.setViewportSize({ width: 390, height: 844 });
+      await page.waitForFunction(() => document.documentElement.scrollWidth <= window.innerWidth + 1);
+      await page.locator("#workspace").screenshot({ path: `${ARTIFACTS}console-disconnect-390.png` });
+      expect(await page.getAttribute("#stream-status", "data-state")).toBe("halted");
+      expect(watchSockets()).toBe(opened);
+      await page.click("#watch-resume");
+      await page.waitForSelector('#stream-status[data-state="live"]');
+      expect(watchSockets()).toBe(opened + 1);
+      expect(await page.isHidden("#watch-resume")).toBe(true);
+      expect(errors).toEqual([]);
+    } finally {
+      for (const socket of [ann, bob, elsewhere]) socket.close();
       await page.close();
     }
   });

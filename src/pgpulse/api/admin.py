@@ -5,6 +5,11 @@ load balancer sends each console request to any node, and each answer must
 show every node. The node registry (:mod:`pgpulse.nodes`) holds what each
 process knows of itself; jobs and events are read from their tables.
 
+An operator disconnects a tenant, or one user of it, with
+``POST /api/admin/disconnect``: the request goes to every node through
+PostgreSQL (``pgpulse.disconnect``), so it does not matter which node the
+load balancer picked.
+
 An admin token (scope ``admin``) is taken from the ``Authorization`` header
 only, never from the query string, so it never lands in an access log. The
 console watches a tenant with a token minted here for that tenant
@@ -35,6 +40,7 @@ RECENT_JOBS_SECONDS = 600.0  # how far back "recent" goes
 TOKEN_TTL = 900  # seconds: the default life of a tenant token minted for the console
 TOKEN_TTL_MAX = 3600  # seconds
 TOKEN_BODY_MAX = 16 * 1024  # bytes
+DISCONNECT_BODY_MAX = 8 * 1024  # bytes: two names, even written as \uXXXX escapes
 
 
 def _verifier(request: Request) -> Verifier:
@@ -268,6 +274,12 @@ async def history(
     return Response(orjson.dumps(body), media_type="application/json")
 
 
+def _check_names(*names: str | None) -> None:
+    """422 unless every name given (None: not given) is one pgpulse accepts."""
+    if not all(is_name(name) for name in names if name is not None):
+        raise HTTPException(422, f"names must be 1 to {MAX_NAME_LENGTH} characters, without NUL")
+
+
 class TokenIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -292,9 +304,7 @@ class TokenOut(BaseModel):
 async def mint_token(request: Request, runtime: RuntimeDep) -> TokenOut:
     """A short-lived token of one tenant (never with the admin scope), for its sockets."""
     body = await read_model(request, TokenIn, TOKEN_BODY_MAX)
-    names = [body.tenant_id, *([body.user_id] if body.user_id else []), *(body.topics or [])]
-    if not all(is_name(name) for name in names):
-        raise HTTPException(422, f"names must be 1 to {MAX_NAME_LENGTH} characters, without NUL")
+    _check_names(body.tenant_id, body.user_id, *(body.topics or []))
     try:
         token = _verifier(request).mint(
             body.tenant_id,
@@ -309,3 +319,43 @@ async def mint_token(request: Request, runtime: RuntimeDep) -> TokenOut:
     return TokenOut(
         token=token, tenant_id=body.tenant_id, user_id=body.user_id, expires_in=body.ttl
     )
+
+
+class DisconnectIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tenant_id: str = Field(min_length=1, max_length=MAX_NAME_LENGTH)
+    user_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_NAME_LENGTH,
+        description="only this user's connections; absent or null: the whole tenant's",
+    )
+
+
+class DisconnectOut(BaseModel):
+    tenant_id: str
+    user_id: str | None
+
+
+@router.post(
+    "/disconnect",
+    status_code=202,
+    response_model=DisconnectOut,
+    openapi_extra=json_body_docs(DisconnectIn),
+)
+async def disconnect(request: Request, runtime: RuntimeDep) -> DisconnectOut:
+    """Close a tenant's open WebSockets and SSE streams (one user's, with ``user_id``).
+
+    The request reaches every node whose LISTEN connection is up, and each
+    closes its own (WebSocket close 1008 "disconnected by the operator"): 202,
+    because they act on their own, as it reaches them. A client holding a
+    valid token can connect again: pair this with short token lifetimes.
+    """
+    body = await read_model(request, DisconnectIn, DISCONNECT_BODY_MAX)
+    _check_names(body.tenant_id, body.user_id)
+    async with runtime.pool.connection() as conn:
+        await conn.execute(
+            QUERIES["admin_disconnect"], {"tenant_id": body.tenant_id, "user_id": body.user_id}
+        )
+    return DisconnectOut(tenant_id=body.tenant_id, user_id=body.user_id)

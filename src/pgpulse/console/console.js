@@ -8,7 +8,10 @@
  * /api/admin, which answers for the whole cluster from PostgreSQL. To watch a
  * tenant it asks /api/admin/tokens for a short-lived token of that tenant and
  * opens /ws with it, resuming with last_event_id after any drop: the admin
- * token never travels on a tenant's socket. Every value from the server is
+ * token never travels on a tenant's socket. An operator's disconnect
+ * (POST /api/admin/disconnect) closes that socket too when it names the
+ * watched tenant: the page then stops and offers to watch again, rather than
+ * reconnecting behind the operator's back. Every value from the server is
  * put on the page as text, never as HTML.
  */
 
@@ -25,6 +28,7 @@ const BACKOFF_MS = [250, 500, 1000, 2000, 4000];
 const JOB_POLL_MS = 1000;
 const HISTORY_REFRESH_MS = 2000; // the newest history page follows live events at most this often
 const STORAGE_KEY = "pgpulse.console.token";
+const OPERATOR_CLOSE = "disconnected by the operator"; // the reason of close 1008 after a disconnect
 
 const numberFormat = new Intl.NumberFormat(undefined, { maximumFractionDigits: 1 });
 const integerFormat = new Intl.NumberFormat(undefined, { maximumFractionDigits: 0 });
@@ -187,6 +191,7 @@ function serverRoot() {
 function showLogin(message = "") {
   stopPolling();
   unwatch();
+  cancelDisconnect();
   adminToken = null;
   sessionStorage.removeItem(STORAGE_KEY);
   $("app").hidden = true;
@@ -538,7 +543,8 @@ function watchButton(tenantId) {
 /**
  * @typedef {{ tenant: string, user: string | null, topics: string[] }} Target
  * @typedef {{ target: Target, token: string | null, expires: number, socket: WebSocket | null,
- *   lastId: number | null, attempt: number, timer: ReturnType<typeof setTimeout> | null, stopped: boolean }} Watch
+ *   lastId: number | null, attempt: number, timer: ReturnType<typeof setTimeout> | null, stopped: boolean,
+ *   halted: boolean }} Watch
  */
 
 /** @type {Watch | null} */
@@ -576,7 +582,7 @@ async function tenantToken(w) {
 function watch(target) {
   unwatch();
   /** @type {Watch} */
-  const w = { target, token: null, expires: 0, socket: null, lastId: null, attempt: 0, timer: null, stopped: false };
+  const w = { target, token: null, expires: 0, socket: null, lastId: null, attempt: 0, timer: null, stopped: false, halted: false };
   current = w;
   $("stream").replaceChildren();
   fill($("my-jobs"), []);
@@ -590,6 +596,7 @@ function watch(target) {
 function unwatch() {
   const w = current;
   current = null;
+  $("watch-resume").hidden = true;
   /** @type {HTMLButtonElement | null} */ (document.getElementById("watch-stop"))?.setAttribute("disabled", "");
   if (w === null) return;
   w.stopped = true;
@@ -659,8 +666,32 @@ async function connect(w) {
   socket.addEventListener("close", (event) => {
     if (w.stopped || w.socket !== socket) return;
     if (event.code === 1008) w.token = null; // refused or expired: mint a new one
-    retry(w, event.reason || `closed with ${event.code}`);
+    if (event.code === 1008 && event.reason === OPERATOR_CLOSE) halt(w);
+    else retry(w, event.reason || `closed with ${event.code}`);
   });
+}
+
+/**
+ * An operator disconnected the watched tenant (or its user): stay disconnected
+ * until asked to watch again, which resumes after the last event shown.
+ * @param {Watch} w
+ */
+function halt(w) {
+  w.halted = true;
+  w.socket = null;
+  const from = w.lastId ? ` after id ${w.lastId}` : "";
+  streamStatus("halted", `Disconnected by the operator: ${describe(w)}. Watch again to resume${from}.`);
+  showNotice(`Disconnected by the operator${from}.`);
+  $("watch-resume").hidden = false;
+}
+
+function resume() {
+  const w = current;
+  if (w === null || !w.halted) return;
+  w.halted = false;
+  w.attempt = 0;
+  $("watch-resume").hidden = true;
+  connect(w);
 }
 
 /**
@@ -840,6 +871,63 @@ function renderMyJobs() {
   fill($("my-jobs"), items);
 }
 
+// -- disconnecting a tenant or one of its users ---------------------------------
+
+/** @typedef {{ tenant: string, user: string | null }} Disconnect */
+
+/** @type {Disconnect | null} */
+let pendingDisconnect = null;
+
+/** "user ann of tenant acme" or "every user of tenant acme". @param {Disconnect} target */
+function whom(target) {
+  return target.user ? `user ${target.user} of tenant ${target.tenant}` : `every user of tenant ${target.tenant}`;
+}
+
+/** Ask first: the tenant and user are those of the watch form. */
+function askDisconnect() {
+  const tenant = /** @type {HTMLInputElement} */ ($("watch-tenant")).value.trim();
+  const user = /** @type {HTMLInputElement} */ ($("watch-user")).value.trim();
+  if (!tenant) {
+    say($("disconnect-result"), "Give the tenant to disconnect (and a user, to disconnect only that user).", "error");
+    $("watch-tenant").focus();
+    return;
+  }
+  pendingDisconnect = { tenant, user: user || null };
+  $("disconnect-question").textContent =
+    `Disconnect ${whom(pendingDisconnect)} on every node? Their clients may connect again with a valid token.`;
+  $("disconnect-result").textContent = "";
+  $("disconnect-confirm").hidden = false;
+  $("disconnect-yes").focus();
+}
+
+/** @param {boolean} [refocus] */
+function cancelDisconnect(refocus = false) {
+  const wasOpen = pendingDisconnect !== null;
+  pendingDisconnect = null;
+  $("disconnect-confirm").hidden = true;
+  if (refocus && wasOpen) $("disconnect").focus();
+}
+
+async function confirmDisconnect() {
+  const target = pendingDisconnect;
+  cancelDisconnect(true);
+  if (target === null) return;
+  const output = $("disconnect-result");
+  try {
+    const body = await call("api/admin/disconnect", { method: "POST", body: { tenant_id: target.tenant, user_id: target.user } });
+    const sent = { tenant: body.tenant_id, user: body.user_id };
+    const w = current;
+    const mine = w !== null && w.target.tenant === sent.tenant && (sent.user === null || sent.user === w.target.user);
+    say(output, `Disconnect sent to ${whom(sent)}.${mine ? " This page's own watch of the tenant is closed too." : ""}`);
+  } catch (error) {
+    if (error instanceof HttpError && (error.status === 401 || error.status === 403)) {
+      showLogin(refusal(error));
+      return;
+    }
+    say(output, `Not disconnected: ${error instanceof Error ? error.message : String(error)}`, "error");
+  }
+}
+
 // -- retained history, paged ----------------------------------------------------
 
 /** Where the history view is: `before` of the shown page (null: the newest), and of the next. */
@@ -945,6 +1033,15 @@ function wire() {
     watch({ tenant, user: user || null, topics: commaList(String(data.get("topics") ?? "")) });
   });
   $("watch-stop").addEventListener("click", () => unwatch());
+  $("watch-resume").addEventListener("click", resume);
+  $("disconnect").addEventListener("click", askDisconnect);
+  $("disconnect-yes").addEventListener("click", confirmDisconnect);
+  $("disconnect-no").addEventListener("click", () => cancelDisconnect(true));
+  $("disconnect-confirm").addEventListener("keydown", (event) => {
+    if (event.key === "Escape") cancelDisconnect(true);
+  });
+  // The question names a tenant and a user: another one typed since withdraws it.
+  $("watch-form").addEventListener("input", () => cancelDisconnect());
 
   const publishForm = /** @type {HTMLFormElement} */ ($("publish-form"));
   publishForm.addEventListener("submit", publish);

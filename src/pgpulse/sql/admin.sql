@@ -104,3 +104,8 @@ WHERE e.tenant_id = %(tenant_id)s
   AND (%(user_id)s::text IS NULL OR e.user_id IS NULL OR e.user_id = %(user_id)s::text)
 ORDER BY e.id DESC
 LIMIT %(limit)s;
+
+-- name: admin_disconnect
+-- An operator's disconnect: every node whose listener is up ends the tenant's
+-- open streams (only the user's, with a user) at commit.
+SELECT pgpulse.disconnect(%(tenant_id)s, %(user_id)s);
