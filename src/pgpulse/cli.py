@@ -29,6 +29,8 @@ from .sql import QUERIES
 
 T = TypeVar("T")
 
+NOT_MIGRATED = "pgpulse is not installed in this database: run `pgpulse migrate` first"
+
 cli = typer.Typer(
     name="pgpulse",
     help="Real-time, multi-tenant events for apps that already run PostgreSQL.",
@@ -89,12 +91,19 @@ def database(settings: Settings) -> Iterator[str]:
 def on_database(
     settings: Settings, work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]
 ) -> T:
-    """Run ``work`` on one connection to the configured (or embedded) database."""
+    """Run ``work`` on one connection to the configured (or embedded) database.
+
+    A database that pgpulse was never installed in is said in one line, the
+    same for every command, instead of the driver's traceback.
+    """
 
     async def go(url: str) -> T:
         conn = await db.connect(url)
         async with conn:
-            return await work(conn)
+            try:
+                return await work(conn)
+            except (psycopg.errors.InvalidSchemaName, psycopg.errors.UndefinedFunction):
+                fail(NOT_MIGRATED)
 
     with database(settings) as url:
         return run(go(url))
@@ -448,10 +457,7 @@ def disconnect(
             fail(f"{option} must be 1 to {MAX_NAME_LENGTH} characters, without NUL", 2)
 
     async def send(conn: psycopg.AsyncConnection[Any]) -> None:
-        try:
-            await conn.execute(QUERIES["admin_disconnect"], {"tenant_id": tenant, "user_id": user})
-        except (psycopg.errors.InvalidSchemaName, psycopg.errors.UndefinedFunction):
-            fail("this database has no pgpulse.disconnect: run pgpulse migrate first")
+        await conn.execute(QUERIES["admin_disconnect"], {"tenant_id": tenant, "user_id": user})
 
     on_database(load_settings(data_dir=data_dir), send)
     who = f"user {user} of tenant {tenant}" if user is not None else f"all of tenant {tenant}"

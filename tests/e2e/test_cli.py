@@ -199,12 +199,18 @@ def test_disconnect_refuses_bad_input_in_one_line(
     assert "Traceback" not in missing.stderr
     # A database without pgpulse's schema, or none at all: one line, exit 1.
     for url, message in [
-        (fresh_database, "run pgpulse migrate"),
+        (fresh_database, "not installed in this database: run `pgpulse migrate` first"),
         ("postgresql://postgres@127.0.0.1:1/none", "cannot connect to PostgreSQL"),
     ]:
         result = pgpulse("disconnect", "--tenant", "acme", env={**env, "PGPULSE_DATABASE_URL": url})
         assert result.returncode == 1, (url, result.stderr)
         assert message in result.stderr and result.stderr.strip().count("\n") == 0, result.stderr
+    # Every command that works on the database says it the same way.
+    result = pgpulse(
+        "publish", "acme", "x", "{}", env={**env, "PGPULSE_DATABASE_URL": fresh_database}
+    )
+    assert result.returncode == 1 and "not installed in this database" in result.stderr
+    assert result.stderr.strip().count("\n") == 0, result.stderr
 
 
 async def test_worker_runs_the_builtin_kinds_and_stops_on_sigterm(
