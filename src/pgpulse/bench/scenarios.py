@@ -139,7 +139,9 @@ def _specs(
 
 
 async def _open(ctx: Context, run: Run, specs: list[tuple[str, str, bool]]) -> dict[str, Any]:
-    opened = await run.receivers.open(HOST, ctx.port, specs, ctx.target.wait_ready)
+    opened = await run.receivers.open(
+        HOST, ctx.port, specs, ctx.target.wait_ready, wire=ctx.target.wire
+    )
     if opened["failed"]:
         raise RuntimeError(f"{opened['failed']} of {len(specs)} sockets did not open")
     await asyncio.sleep(SETTLE)
@@ -302,7 +304,9 @@ async def s5_idle(ctx: Context) -> dict[str, Any]:
     async with running(ctx) as run:
         await asyncio.sleep(1.0)
         before = tree_rss(run.server.pid)
-        opened = await run.receivers.open(HOST, ctx.port, specs, ctx.target.wait_ready, 60.0)
+        opened = await run.receivers.open(
+            HOST, ctx.port, specs, ctx.target.wait_ready, 60.0, ctx.target.wire
+        )
         await asyncio.sleep(2.0)
         after = tree_rss(run.server.pid)
         # Prove the sockets are live: one event to every tenant must reach all.
@@ -339,7 +343,7 @@ async def s6_slow_consumer(ctx: Context) -> dict[str, Any]:
         await _open(ctx, run, _specs(ctx.target, tenants, z.s6_sockets))
         stall = await run.receivers.ask_one(
             0, "stall", HOST, ctx.port, ctx.target.ws_target(tenants[0]), ctx.target.wait_ready,
-            30.0,
+            30.0, ctx.target.wire,
         )  # fmt: skip
         if not stall["opened"]:
             raise RuntimeError("the stalled socket did not open")

@@ -67,6 +67,9 @@ class Target:
     """Whether a socket is live only after a ``ready`` control frame (pgpulse)."""
     _tokens: dict[tuple[str, str], str] = field(default_factory=dict)
 
+    wire = "json"
+    """What the receivers read: one JSON body per message, or ``socketio`` packets."""
+
     def command(self, port: int) -> list[str]:
         raise NotImplementedError
 
