@@ -9,7 +9,7 @@ import zlib
 import orjson
 import pytest
 
-from pgpulse.bench import comparators, engineio, report, servers, wsclient
+from pgpulse.bench import comparators, engineio, report, scenarios, servers, wsclient
 from pgpulse.bench.stats import Histogram
 
 
@@ -166,3 +166,9 @@ def test_comparators_get_a_url_even_for_a_socket_directory() -> None:
     assert servers.as_url("postgresql://u:p%40ss@127.0.0.1:5432/db") == (
         "postgresql://u:p%40ss@127.0.0.1:5432/db"
     )
+
+
+def test_cpu_per_publish_counts_server_and_postgres() -> None:
+    usage = {"server_cpu_s": 1.0, "postgres_cpu_s": 0.5, "loadgen_cpu_s": 9.0}
+    assert scenarios._cpu_per_publish(usage, 1000) == 1500.0
+    assert scenarios._cpu_per_publish(usage, 0) is None

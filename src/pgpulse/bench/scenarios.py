@@ -255,8 +255,21 @@ async def s3_throughput(ctx: Context) -> dict[str, Any]:
         "publish": stats.as_dict(),
         "delivery": got,
         "deliveries_per_s": round(got["received"] / elapsed, 1),
+        "cpu_us_per_publish": _cpu_per_publish(usage, stats.accepted),
         "usage": {**usage, "server_rss_mb": rss_mb},
     }  # fmt: skip
+
+
+def _cpu_per_publish(usage: dict[str, float], accepted: int) -> float | None:
+    """Server and PostgreSQL CPU µs per accepted publish, its deliveries included.
+
+    On a machine shared with other work a server gets less of the cores in
+    one run than in the next, and its publishes/s moves with that; the work
+    each publish costs moves far less, so it compares designs more steadily.
+    """
+    if not accepted:
+        return None
+    return round((usage["server_cpu_s"] + usage["postgres_cpu_s"]) / accepted * 1e6, 1)
 
 
 async def s4_fault(ctx: Context) -> dict[str, Any]:
