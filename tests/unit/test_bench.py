@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import struct
 import zlib
+from pathlib import Path
 
 import orjson
 import pytest
@@ -172,3 +173,12 @@ def test_cpu_per_publish_counts_server_and_postgres() -> None:
     usage = {"server_cpu_s": 1.0, "postgres_cpu_s": 0.5, "loadgen_cpu_s": 9.0}
     assert scenarios._cpu_per_publish(usage, 1000) == 1500.0
     assert scenarios._cpu_per_publish(usage, 0) is None
+
+
+def test_socketio_without_node_is_one_line_of_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(comparators.shutil, "which", lambda _tool: None)
+    with pytest.raises(comparators.Unavailable, match=r"needs node \(Node.js 18 or later\)"):
+        comparators.prepare("socketio", cache=tmp_path)
+    assert not any(tmp_path.iterdir())  # nothing installed, nothing half-done
