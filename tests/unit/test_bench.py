@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import struct
 import zlib
+from pathlib import Path
 
 import orjson
+import pytest
 
-from pgpulse.bench import report, wsclient
+from pgpulse.bench import comparators, engineio, report, scenarios, servers, wsclient
 from pgpulse.bench.stats import Histogram
 
 
@@ -60,7 +62,7 @@ def test_table_reports_ratios_and_targets() -> None:
     rows = report.comparison(results)
     lost = next(r for r in rows if r["scenario"] == "s4" and r["metric"] == "lost")
     assert lost["met"] is True and lost["baseline"] == 10
-    assert "S4" in report.table(rows, with_baseline=True)
+    assert "S4" in report.table(rows, ["baseline"])
 
 
 def test_s6_rows_show_the_stalled_socket_without_a_ratio() -> None:
@@ -71,7 +73,7 @@ def test_s6_rows_show_the_stalled_socket_without_a_ratio() -> None:
     rows = report.comparison(results)
     closed = next(r for r in rows if r["metric"] == "stalled socket closed by server")
     assert closed["pgpulse"] == "yes (1013)" and closed["ratio"] is None
-    text = report.table(rows, with_baseline=True)
+    text = report.table(rows, ["baseline"])
     assert "yes (1013)" in text and "S6" in text
 
 
@@ -112,3 +114,71 @@ async def test_client_offers_deflate_and_inflates_compressed_messages() -> None:
         client.data_received(stream[i : i + 5])
     assert client.deflate and got == [*messages, b'{"plain": true}']
     await asyncio.sleep(0)
+
+
+class _Sent:
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    def send_text(self, text: str) -> None:
+        self.texts.append(text)
+
+
+def test_engineio_joins_answers_pings_and_unwraps_events() -> None:
+    client = _Sent()
+    opened = engineio.receive(client, b'0{"sid":"a","pingInterval":25000,"pingTimeout":20000}')
+    assert opened == {"op": "open"} and client.texts == ["40"]
+    assert engineio.receive(client, b'40{"sid":"b"}') == {"op": "connect"}
+    assert engineio.receive(client, b"2") is None and client.texts[-1] == "3"
+    assert engineio.receive(client, b'42["ready"]') == {"op": "ready"}
+    body = {"type": "bench", "data": {"t": 1, "seq": 7}}
+    assert engineio.receive(client, b'42["event",' + orjson.dumps(body) + b"]") == body
+    assert engineio.receive(client, b"41") == {"op": "disconnect"}
+    assert engineio.receive(client, b"1") == {"op": "close"}
+
+
+def test_table_shows_each_comparator_and_why_a_scenario_is_not_applicable() -> None:
+    results = {
+        "pgpulse": {"s3": {"publish": {"per_second": 6000.0}}, "s4": {"recovery_s": 0.1}},
+        "broadcaster": {"s3": {"publish": {"per_second": 3000.0}}, "s4": {"skipped": "unnamed"}},
+        "socketio": {"s3": {"publish": {"per_second": 4000.0}}, "s4": {"skipped": "unnamed"}},
+    }
+    rows = report.comparison(results)
+    s3 = next(r for r in rows if r["scenario"] == "s3" and r["metric"] == "accepted publishes/s")
+    assert s3["ratios"] == {"broadcaster": 2.0, "socketio": 1.5}
+    assert s3["baseline"] is None and s3["met"] is None
+    s4 = next(r for r in rows if r["scenario"] == "s4" and r["metric"] == "recovery s")
+    assert s4["broadcaster"] == "n/a" and s4["ratios"]["broadcaster"] is None
+    text = report.table(rows, ["broadcaster", "socketio"])
+    assert "pgpulse÷broadcaster" in text and "2x" in text and "1.5x" in text
+    assert "n/a: socketio S4: unnamed" in report.skipped(results)
+
+
+def test_compare_takes_a_list_and_names_an_unknown_comparator() -> None:
+    assert comparators.parse("socketio, baseline") == ["baseline", "socketio"]
+    with pytest.raises(comparators.Unavailable, match="'redis'"):
+        comparators.parse("baseline,redis")
+
+
+def test_comparators_get_a_url_even_for_a_socket_directory() -> None:
+    assert servers.as_url("host=/tmp/pg port=5433 user=postgres dbname=bench_x") == (
+        "postgresql://postgres@/bench_x?host=%2Ftmp%2Fpg&port=5433"
+    )
+    assert servers.as_url("postgresql://u:p%40ss@127.0.0.1:5432/db") == (
+        "postgresql://u:p%40ss@127.0.0.1:5432/db"
+    )
+
+
+def test_cpu_per_publish_counts_server_and_postgres() -> None:
+    usage = {"server_cpu_s": 1.0, "postgres_cpu_s": 0.5, "loadgen_cpu_s": 9.0}
+    assert scenarios._cpu_per_publish(usage, 1000) == 1500.0
+    assert scenarios._cpu_per_publish(usage, 0) is None
+
+
+def test_socketio_without_node_is_one_line_of_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(comparators.shutil, "which", lambda _tool: None)
+    with pytest.raises(comparators.Unavailable, match=r"needs node \(Node.js 18 or later\)"):
+        comparators.prepare("socketio", cache=tmp_path)
+    assert not any(tmp_path.iterdir())  # nothing installed, nothing half-done

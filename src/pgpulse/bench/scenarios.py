@@ -139,7 +139,9 @@ def _specs(
 
 
 async def _open(ctx: Context, run: Run, specs: list[tuple[str, str, bool]]) -> dict[str, Any]:
-    opened = await run.receivers.open(HOST, ctx.port, specs, ctx.target.wait_ready)
+    opened = await run.receivers.open(
+        HOST, ctx.port, specs, ctx.target.wait_ready, wire=ctx.target.wire
+    )
     if opened["failed"]:
         raise RuntimeError(f"{opened['failed']} of {len(specs)} sockets did not open")
     await asyncio.sleep(SETTLE)
@@ -253,8 +255,21 @@ async def s3_throughput(ctx: Context) -> dict[str, Any]:
         "publish": stats.as_dict(),
         "delivery": got,
         "deliveries_per_s": round(got["received"] / elapsed, 1),
+        "cpu_us_per_publish": _cpu_per_publish(usage, stats.accepted),
         "usage": {**usage, "server_rss_mb": rss_mb},
     }  # fmt: skip
+
+
+def _cpu_per_publish(usage: dict[str, float], accepted: int) -> float | None:
+    """Server and PostgreSQL CPU µs per accepted publish, its deliveries included.
+
+    On a machine shared with other work a server gets less of the cores in
+    one run than in the next, and its publishes/s moves with that; the work
+    each publish costs moves far less, so it compares designs more steadily.
+    """
+    if not accepted:
+        return None
+    return round((usage["server_cpu_s"] + usage["postgres_cpu_s"]) / accepted * 1e6, 1)
 
 
 async def s4_fault(ctx: Context) -> dict[str, Any]:
@@ -302,7 +317,9 @@ async def s5_idle(ctx: Context) -> dict[str, Any]:
     async with running(ctx) as run:
         await asyncio.sleep(1.0)
         before = tree_rss(run.server.pid)
-        opened = await run.receivers.open(HOST, ctx.port, specs, ctx.target.wait_ready, 60.0)
+        opened = await run.receivers.open(
+            HOST, ctx.port, specs, ctx.target.wait_ready, 60.0, ctx.target.wire
+        )
         await asyncio.sleep(2.0)
         after = tree_rss(run.server.pid)
         # Prove the sockets are live: one event to every tenant must reach all.
@@ -339,7 +356,7 @@ async def s6_slow_consumer(ctx: Context) -> dict[str, Any]:
         await _open(ctx, run, _specs(ctx.target, tenants, z.s6_sockets))
         stall = await run.receivers.ask_one(
             0, "stall", HOST, ctx.port, ctx.target.ws_target(tenants[0]), ctx.target.wait_ready,
-            30.0,
+            30.0, ctx.target.wire,
         )  # fmt: skip
         if not stall["opened"]:
             raise RuntimeError("the stalled socket did not open")

@@ -1,10 +1,12 @@
-"""The servers under test: pgpulse, and the naive baseline beside it.
+"""The servers under test: pgpulse, and the comparators beside it.
 
 Each is a subprocess on 127.0.0.1 with its own port and its own database,
 started fresh for every scenario and stopped by its pid. A :class:`Target`
 knows how to start its server, what a receiver's WebSocket request looks
-like, how to publish, and how its LISTEN connection is named (the fault
-scenario terminates it).
+like and which wire it speaks, how to publish, how its LISTEN connection is
+named (the fault scenario terminates it), and which scenarios it cannot run.
+The comparators are the naive baseline, encode/broadcaster on PostgreSQL and
+socket.io with its PostgreSQL adapter (see :mod:`.comparators`).
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import jwt
 import orjson
+from psycopg.conninfo import conninfo_to_dict
 
 from ..db import LISTENER_APP_NAME
+from . import engineio
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 60.0  # seconds for a server to answer its health check
@@ -66,6 +70,11 @@ class Target:
     wait_ready: bool
     """Whether a socket is live only after a ``ready`` control frame (pgpulse)."""
     _tokens: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    wire = "json"
+    """What the receivers read: one JSON body per message, or ``socketio`` packets."""
+    skips: dict[str, str] = field(default_factory=dict)
+    """Scenarios this server cannot run, each with the reason the report shows."""
 
     def command(self, port: int) -> list[str]:
         raise NotImplementedError
@@ -188,12 +197,14 @@ class LibraryTarget(PgpulseTarget):
         ]  # fmt: skip
 
 
-class BaselineTarget(Target):
-    def __init__(self, database_url: str, dbname: str, workdir: Path, app_dir: Path) -> None:
-        super().__init__("baseline", database_url, dbname, workdir, BASELINE_LISTENER, False)
-        self.app_dir = app_dir
+class AppTarget(Target):
+    """An ``app.py`` under uvicorn: ``POST /publish?tenant_id=`` and ``/ws?tenant_id=``."""
 
-    health_path = "/openapi.json"
+    def __init__(
+        self, name: str, database_url: str, dbname: str, workdir: Path, app_dir: Path
+    ) -> None:
+        super().__init__(name, database_url, dbname, workdir, "", False)
+        self.app_dir = app_dir
 
     def command(self, port: int) -> list[str]:
         return [
@@ -211,12 +222,82 @@ class BaselineTarget(Target):
         return f"/publish?tenant_id={quote(tenant)}", b"", b'{"type":"bench","data":%s}' % data
 
 
-def find_baseline(explicit: Path | None) -> Path | None:
-    """``benchmarks/baseline`` beside the working directory or this source checkout."""
-    candidates = [explicit] if explicit else []
-    candidates += [Path.cwd() / "benchmarks" / "baseline"]
-    candidates += [p / "benchmarks" / "baseline" for p in Path(__file__).resolve().parents]
-    for path in candidates:
-        if path is not None and (path / "app.py").is_file():
-            return path
-    return None
+class BaselineTarget(AppTarget):
+    def __init__(self, database_url: str, dbname: str, workdir: Path, app_dir: Path) -> None:
+        super().__init__("baseline", database_url, dbname, workdir, app_dir)
+        self.listener_app_name = BASELINE_LISTENER
+
+    health_path = "/openapi.json"
+
+
+NOT_NAMED = (
+    "S4 kills the server's LISTEN connection, found by its application_name; {what}, "
+    "and it has no ids to resume a socket from"
+)
+NO_SQL_PUBLISH = "S7 publishes from the application's SQL transactions; {what} publishes in-process"
+
+
+class BroadcasterTarget(AppTarget):
+    """encode/broadcaster on PostgreSQL (``benchmarks/broadcaster``)."""
+
+    def __init__(self, database_url: str, dbname: str, workdir: Path, app_dir: Path) -> None:
+        super().__init__("broadcaster", as_url(database_url), dbname, workdir, app_dir)
+        self.wait_ready = True
+        self.skips = {
+            "s4": NOT_NAMED.format(what="broadcaster's one asyncpg connection has none"),
+            "s7": NO_SQL_PUBLISH.format(what="broadcaster"),
+        }
+
+    health_path = "/healthz"
+
+
+class SocketioTarget(Target):
+    """socket.io with @socket.io/postgres-adapter (``benchmarks/socketio``), on Node."""
+
+    wire = "socketio"
+    health_path = "/healthz"
+
+    def __init__(
+        self, database_url: str, dbname: str, workdir: Path, app_dir: Path, node_path: Path
+    ) -> None:
+        super().__init__("socketio", as_url(database_url), dbname, workdir, "", True)
+        self.app_dir = app_dir
+        self.node_path = node_path
+        self.skips = {
+            "s4": NOT_NAMED.format(what="the adapter's pg pool has none"),
+            "s7": NO_SQL_PUBLISH.format(what="socket.io"),
+        }
+
+    def command(self, port: int) -> list[str]:
+        return ["node", str(self.app_dir / "server.js"), "--host", HOST, "--port", str(port)]
+
+    def env(self) -> dict[str, str]:
+        return {"DATABASE_URL": self.database_url, "NODE_PATH": str(self.node_path)}
+
+    def ws_target(self, tenant: str) -> str:
+        return f"{engineio.PATH}&tenant_id={quote(tenant)}"
+
+    def publish_request(self, tenant: str, data: bytes) -> tuple[str, bytes, bytes]:
+        return f"/publish?tenant_id={quote(tenant)}", b"", b'{"type":"bench","data":%s}' % data
+
+
+def as_url(conninfo: str) -> str:
+    """A ``postgresql://`` URL for any connection string: asyncpg and node-postgres take only URLs.
+
+    A socket directory (the embedded PostgreSQL's) goes in the query with its port,
+    where both read them (asyncpg takes a port without a host for a TCP one).
+    """
+    params = conninfo_to_dict(conninfo)
+    user = quote(str(params.pop("user", "") or ""), safe="")
+    password = quote(str(params.pop("password", "") or ""), safe="")
+    host = str(params.pop("host", "") or "")
+    port = str(params.pop("port", "") or "")
+    dbname = quote(str(params.pop("dbname", "") or ""), safe="")
+    query: dict[str, str] = {k: str(v) for k, v in params.items() if v is not None}
+    if host.startswith("/"):
+        query["host"], host = host, ""
+        if port:
+            query["port"], port = port, ""
+    auth = f"{user}:{password}@" if password else f"{user}@" if user else ""
+    netloc = f"{auth}{host}{':' + port if port else ''}"
+    return f"postgresql://{netloc}/{dbname}" + (f"?{urlencode(query)}" if query else "")
