@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import struct
 import zlib
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from pgpulse.bench import comparators, engineio, report, scenarios, servers, wsclient
+from pgpulse.bench import comparators, engineio, report, runner, scenarios, servers, wsclient
 from pgpulse.bench.stats import Histogram
 
 
@@ -182,3 +183,15 @@ def test_socketio_without_node_is_one_line_of_error(
     with pytest.raises(comparators.Unavailable, match=r"needs node \(Node.js 18 or later\)"):
         comparators.prepare("socketio", cache=tmp_path)
     assert not any(tmp_path.iterdir())  # nothing installed, nothing half-done
+
+
+def test_a_port_something_listens_on_is_passed_over() -> None:
+    """Another server on the port would answer the health check for the one under test."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind((servers.HOST, 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        chosen = runner._free_port(port)
+        assert chosen > port
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind((servers.HOST, chosen))  # free indeed

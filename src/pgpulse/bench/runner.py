@@ -13,6 +13,7 @@ import platform
 import resource
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -24,7 +25,7 @@ import psutil
 from . import comparators, report
 from .database import Cluster
 from .scenarios import SCENARIOS, Context, Sizes
-from .servers import LibraryTarget, PgpulseTarget, Target
+from .servers import HOST, LibraryTarget, PgpulseTarget, Target
 
 DEFAULT_PORT = 18400
 QUICK_SCENARIOS = ("s1", "s2", "s3", "s4", "s5", "s3n", "s7")
@@ -185,7 +186,7 @@ def main(argv: list[str]) -> int:
                 if scenario in target.skips:
                     results[name][scenario] = {"skipped": target.skips[scenario]}
                     continue
-                port += 1
+                port = _free_port(port + 1)
                 ctx = Context(target, cluster, port, args.receivers, sizes, args.client_deflate)
                 t0 = time.monotonic()
                 print(f"{name} {scenario.upper()} …", file=sys.stderr, flush=True)
@@ -229,3 +230,20 @@ def main(argv: list[str]) -> int:
                 else:
                     child.unlink(missing_ok=True)
     return 1 if failed else 0
+
+
+def _free_port(start: int) -> int:
+    """The first port from ``start`` that nothing listens on.
+
+    A server already there (another bench run's, say) would answer the
+    health check in place of the one under test, and the bench would
+    measure the wrong server.
+    """
+    for port in range(start, min(start + 1000, 65536)):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((HOST, port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free port on {HOST} from {start}; pass another --port")
