@@ -454,6 +454,9 @@ class JwksKeys:
 
     async def prepare(self, kid: str) -> None:
         """Fetch in a thread if :meth:`key` would fetch; wait only if ``kid`` is unknown."""
+        inflight = self._inflight
+        if inflight is not None and inflight.get_loop() is not asyncio.get_running_loop():
+            self._inflight = None  # begun in a loop that is gone (an app run twice in a process)
         if self._inflight is None:
             if not self._due(kid):
                 return
@@ -472,9 +475,11 @@ class JwksKeys:
         return wanted and now - self._attempted >= JWKS_COOLDOWN
 
     def _fetch_logged(self) -> None:
+        """Fetch, keeping the last good set on any failure: a provider's bad answer
+        refuses tokens with unknown keys, it never fails a request with a 500."""
         try:
             self._fetch()
-        except jwt.PyJWTError as exc:
+        except Exception as exc:
             log.warning("cannot fetch the JWKS at %s: %s", self.url, exc)
 
     def _fetch(self) -> None:

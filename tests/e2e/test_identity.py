@@ -44,6 +44,8 @@ class JwksServer:
         self.gate: threading.Event | None = None
         """When set, a fetch waits for it to open, as a slow identity provider would."""
         self.waiting = threading.Event()
+        self.garbage: bytes | None = None
+        """When set, served instead of the keys, as a broken provider would."""
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -52,7 +54,7 @@ class JwksServer:
                 if outer.gate is not None:
                     outer.waiting.set()
                     outer.gate.wait(30)
-                body = orjson.dumps({"keys": outer.keys})
+                body = outer.garbage or orjson.dumps({"keys": outer.keys})
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -200,6 +202,21 @@ async def test_a_slow_identity_provider_holds_up_only_the_tokens_that_need_it(
         jwks.gate.set()
         r = await asyncio.wait_for(rotated, 15)
         assert r.status_code == 200, r.text
+
+
+async def test_a_provider_answering_garbage_refuses_new_keys_and_keeps_the_old(
+    jwks: JwksServer, database_url: str, tmp_path: Path, tenant: str, monkeypatch: Any
+) -> None:
+    monkeypatch.setattr(auth, "JWKS_COOLDOWN", 0.0)
+    old = rsa_key()
+    jwks.publish(("key-1", old))
+    async with auth0_server(database_url, tmp_path, jwks) as srv, srv.http() as http:
+        jwks.garbage = b"<html>502 Bad Gateway</html>"
+        for kid, key, status in (("key-2", rsa_key(), 401), ("key-1", old, 200)):
+            token = auth0_token(key, kid, tenant)
+            r = await http.get("/api/notifications", headers={"Authorization": f"Bearer {token}"})
+            assert r.status_code == status, (kid, r.text)
+        assert jwks.requests >= 2  # the new kid did make it ask
 
 
 async def test_audience_and_issuer_mismatches_are_refused(
