@@ -189,6 +189,14 @@ class Client:
             raise PgpulseError(f"GET {path} answered HTTP {response.status_code}: {response.text}")
         return response.json()
 
+    def _narrow(self, allowed: object) -> None:
+        """A refresh narrowed the connection's topics: reconnect with those, not with
+        topics the new token would refuse."""
+        if self.topics and isinstance(allowed, list):
+            kept = [topic for topic in self.topics if topic in allowed]
+            if kept:
+                self.topics = kept
+
     async def __aiter__(self) -> AsyncIterator[Event]:
         backoff = Backoff(min(MIN_BACKOFF, self.max_backoff), self.max_backoff)
         while True:
@@ -214,6 +222,8 @@ class Client:
                                 self.last_event_id = max(
                                     self.last_event_id or 0, body["last_event_id"]
                                 )
+                            elif body["op"] == "refreshed":
+                                self._narrow(body.get("topics"))
                             if self.on_control is not None:
                                 self.on_control(body)
                             continue

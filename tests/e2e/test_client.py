@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import orjson
 import psycopg
@@ -274,3 +275,40 @@ async def test_client_refreshes_its_token_in_band_before_exp(
         await publish(server.runtime.database_url, tenant, "after")
         await consumer
     assert client.connects == 1 and client.refreshes >= 1 and len(got) == 2
+
+
+async def test_client_narrows_its_topics_with_a_refreshed_token(
+    server: ServerHandle, tenant: str
+) -> None:
+    """After a refresh to fewer topics it reconnects with those, not with topics the
+    new token would refuse."""
+    minted = 0
+
+    async def provider() -> str:
+        nonlocal minted
+        minted += 1
+        if minted == 1:
+            return mint(tenant, topics=["a", "b"], ttl=3)
+        return mint(tenant, topics=["a"])
+
+    refreshed = asyncio.Event()
+
+    def on_control(frame: dict[str, Any]) -> None:
+        if frame["op"] == "refreshed":
+            refreshed.set()
+
+    client = Client(server.url, provider, topics=["a", "b"], on_control=on_control)
+
+    async def consume() -> None:
+        async for _ in client:
+            pass
+
+    consumer = asyncio.create_task(consume())
+    try:
+        await asyncio.wait_for(refreshed.wait(), 15)
+        assert client.topics == ["a"]
+        assert parse_qs(urlsplit(client.ws_url()).query)["topics"] == ["a"]
+    finally:
+        consumer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await consumer

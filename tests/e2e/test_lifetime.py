@@ -104,14 +104,16 @@ async def test_refresh_may_narrow_topics_never_widen(server: ServerHandle, tenan
     async with server.connect(mint(tenant, topics=["a", "b"])) as ws:
         await until_ready(ws)
         await ws.send(f'{{"op": "refresh", "token": "{mint(tenant, topics=["a"])}"}}')
-        assert (await recv(ws))["op"] == "refreshed"
+        reply = await recv(ws)
+        assert reply["op"] == "refreshed" and reply["topics"] == ["a"], reply
         await publish(url, tenant, "b")
         await publish(url, tenant, "a")
         got = await events(ws, 1)
         assert got[0]["topic"] == "a"
         # A wider token does not bring "b" back.
         await ws.send(f'{{"op": "refresh", "token": "{mint(tenant)}"}}')
-        assert (await recv(ws))["op"] == "refreshed"
+        reply = await recv(ws)
+        assert reply["op"] == "refreshed" and reply["topics"] == ["a"], reply
         await publish(url, tenant, "b")
         await no_more_events(ws)
         # A token allowing none of the connection's topics is refused.

@@ -663,8 +663,16 @@ export class PgpulseClient {
         this.#emit("presence", presenceState(control.topic, joined));
         break;
       }
-      case "pong":
       case "refreshed":
+        // A token with fewer topics narrowed the connection: reconnect with those, not
+        // with topics the new token would refuse.
+        if (control.topics !== undefined && this.#topics !== undefined) {
+          const allowed = control.topics;
+          const kept = this.#topics.filter((topic) => allowed.includes(topic));
+          if (kept.length > 0) this.#topics = kept;
+        }
+        break;
+      case "pong":
         break;
     }
     return control;

@@ -54,10 +54,14 @@ export interface ErrorFrame {
   readonly ref?: Ref;
 }
 
-/** The answer to `{"op": "refresh"}`: the connection now lives until `exp` (Unix seconds). */
+/**
+ * The answer to `{"op": "refresh"}`: the connection now lives until `exp` (Unix seconds),
+ * reading `topics` (absent: every topic the token allows), which a refresh may have narrowed.
+ */
 export interface RefreshedFrame {
   readonly op: "refreshed";
   readonly exp: number | null;
+  readonly topics?: readonly string[];
 }
 
 
@@ -210,7 +214,13 @@ function toControl(value: Record<string, unknown>): ControlFrame | null {
         ? { op: value.op, topic: value.topic, member: value.member, ...refOf(value) }
         : null;
     case "refreshed":
-      return { op: "refreshed", exp: typeof value.exp === "number" ? value.exp : null };
+      return {
+        op: "refreshed",
+        exp: typeof value.exp === "number" ? value.exp : null,
+        ...(Array.isArray(value.topics) && value.topics.every((topic) => typeof topic === "string")
+          ? { topics: value.topics as string[] }
+          : {}),
+      };
     default:
       return null;
   }

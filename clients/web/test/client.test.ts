@@ -225,6 +225,40 @@ describe("PgpulseClient", () => {
     expect(recorder.errors).toEqual([]);
   });
 
+  it("narrows its topics with a refreshed token, and reconnects with what it allows", async () => {
+    const tenant = uniqueTenant("narrowed");
+    const tracked = trackedWebSocket();
+    let handedOut = 0;
+    const recorder = connect({
+      WebSocket: tracked.WebSocket,
+      topics: ["a", "b"],
+      token: () => {
+        handedOut += 1;
+        // The first token expires in 3 s; the one refreshed in band allows only "a".
+        return handedOut === 1
+          ? mintToken({ tenant_id: tenant, topics: ["a", "b"], ttlSeconds: 3 })
+          : mintToken({ tenant_id: tenant, topics: ["a"] });
+      },
+    });
+    await recorder.status("open");
+    expect(tracked.sockets).toHaveLength(1);
+    const first = tracked.sockets[0]?.socket;
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error("no refreshed frame within 15 s")), 15_000);
+      first?.on("message", (data: unknown) => {
+        if (String(data).includes('"op":"refreshed"')) {
+          clearTimeout(timer);
+          resolve();
+        }
+      });
+    });
+    expect(recorder.client.topics).toEqual(["a"]);
+    tracked.sockets[0]?.socket.terminate();
+    await recorder.until(() => tracked.sockets.length === 2 && recorder.client.status === "open", "open again");
+    expect(new URL(tracked.sockets[1]?.url ?? "").searchParams.get("topics")).toBe("a");
+    expect(recorder.statuses).not.toContain("forbidden");
+  });
+
   it("reports a topic outside the token's as forbidden", async () => {
     const token = mintToken({ tenant_id: uniqueTenant("topics"), topics: ["allowed"] });
     const recorder = connect({ token, topics: ["secret"] });

@@ -97,7 +97,9 @@ class Lifetime:
         if self._on_refresh is not None:
             self._on_refresh(new.topics)
         self.start()
-        return control("refreshed", exp=new.expires_at and int(new.expires_at))
+        # The topics it reads now, so that a client reconnects with what the token allows.
+        shown = {} if topics is None else {"topics": sorted(topics)}
+        return control("refreshed", exp=new.expires_at and int(new.expires_at), **shown)
 
     def _narrow(self, topics: frozenset[str] | None) -> None:
         subscription = self._subscription
