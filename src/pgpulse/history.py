@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, LiteralString
 
 import psycopg
 from psycopg_pool import PoolTimeout
@@ -133,21 +133,11 @@ class History:
         until = head if before is None else min(head, before - 1)
         forward = after is not None
         start = after or 0
-        params = {
-            "tenant_id": tenant_id,
-            "after": start,
-            "until": until,
-            "topics": sorted(topics) if topics is not None else None,
-            "user_id": user_id,
-            "limit": limit + 1,  # one more says whether there is a next page
-        }
         rows: list[tuple[Any, ...]] = []
         if not forward or start < until:
-            with _database_errors():
-                async with self._slots, self._pool.connection() as conn:
-                    query = QUERIES["replay"] if forward else QUERIES["history_before"]
-                    cur = await conn.execute(query, params)
-                    rows = await cur.fetchall()
+            query = QUERIES["replay"] if forward else QUERIES["history_before"]
+            # One more row than asked says whether there is a next page.
+            rows = await self._rows(query, tenant_id, start, until, topics, user_id, limit + 1)
         more = len(rows) > limit
         rows = rows[:limit]
         if not forward:
@@ -165,35 +155,39 @@ class History:
         """The retained events in ``(after, until]`` this connection may see, in id order."""
         limit = REPLAY_FIRST_PAGE
         while after < until:
-            with _database_errors():
-                rows, more = await self._page(tenant_id, after, until, topics, user_id, limit)
+            rows = await self._rows(
+                QUERIES["replay"], tenant_id, after, until, topics, user_id, limit
+            )
             for row in rows:
                 yield Event.from_row(row)
-            if not more or not rows:
+            if len(rows) < limit:  # the last page
                 return
             after = int(rows[-1][1])
             # The next page holds about REPLAY_PAGE_BYTES of rows the size of these.
             average = max(1, sum(len(row[5]) for row in rows) // len(rows))
             limit = max(1, min(REPLAY_PAGE, REPLAY_PAGE_BYTES // average))
 
-    async def _page(
+    async def _rows(
         self,
+        query: LiteralString,
         tenant_id: str,
         after: int,
         until: int,
         topics: frozenset[str] | None,
         user_id: str | None,
-        limit: int = REPLAY_FIRST_PAGE,
-    ) -> tuple[list[tuple[Any, ...]], bool]:
-        """One page of at most ``limit`` rows, and whether more may follow it."""
+        limit: int,
+    ) -> list[tuple[Any, ...]]:
+        """At most ``limit`` rows of ``query`` in ``(after, until]`` that this reader may see,
+        in one of the history slots (so that resuming clients cannot take the whole pool)."""
         params = {
             "tenant_id": tenant_id,
             "after": after,
             "until": until,
             "topics": sorted(topics) if topics is not None else None,
             "user_id": user_id,
+            "limit": limit,
         }
-        async with self._slots, self._pool.connection() as conn:
-            cur = await conn.execute(QUERIES["replay"], {**params, "limit": limit})
-            rows = await cur.fetchall()
-        return rows, len(rows) == limit
+        with _database_errors():
+            async with self._slots, self._pool.connection() as conn:
+                cur = await conn.execute(query, params)
+                return await cur.fetchall()

@@ -72,14 +72,14 @@ async def test_replay_pages_are_bounded_by_bytes(
     try:
         history = History(pool)
         pages: list[int] = []
-        page = history._page
+        read = history._rows
 
         async def recorded(*args: Any) -> Any:
-            rows, more = await page(*args)
+            rows = await read(*args)
             pages.append(len(rows))
-            return rows, more
+            return rows
 
-        monkeypatch.setattr(history, "_page", recorded)
+        monkeypatch.setattr(history, "_rows", recorded)
         ids = [event.id async for event in history.replay(tenant, 0, 12, None, None)]
     finally:
         await pool.close()
