@@ -22,14 +22,13 @@ from rich.markup import escape
 
 from . import db
 from .auth import ADMIN_SCOPE, ADMIN_TENANT, Verifier
-from .errors import PgpulseError
+from .errors import NOT_MIGRATED, PgpulseError
 from .events import MAX_NAME_LENGTH, is_name
 from .settings import Settings
 from .sql import QUERIES
 
 T = TypeVar("T")
 
-NOT_MIGRATED = "pgpulse is not installed in this database: run `pgpulse migrate` first"
 
 cli = typer.Typer(
     name="pgpulse",

@@ -7,6 +7,9 @@ something useful; pass a message to say more.
 
 from __future__ import annotations
 
+NOT_MIGRATED = "pgpulse is not installed in this database: run `pgpulse migrate` first"
+"""What any command or API says when pgpulse's schema or functions are missing."""
+
 
 class PgpulseError(Exception):
     """pgpulse failed."""

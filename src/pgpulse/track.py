@@ -29,7 +29,7 @@ import orjson
 import psycopg
 from psycopg import sql
 
-from .errors import TrackError
+from .errors import NOT_MIGRATED, TrackError
 from .events import MAX_NAME_LENGTH, is_name
 
 TRIGGER_NAME = "pgpulse_track"
@@ -132,7 +132,7 @@ async def track(
                 )
             )
     except (psycopg.errors.UndefinedFunction, psycopg.errors.InvalidSchemaName):
-        raise TrackError(_NOT_MIGRATED) from None
+        raise TrackError(NOT_MIGRATED) from None
     except psycopg.errors.Error as exc:
         raise TrackError(
             f"cannot track {_shown(schema, name)}: {exc.diag.message_primary}"
@@ -168,9 +168,6 @@ async def untrack(conn: psycopg.AsyncConnection[Any], table: str) -> str:
             f"cannot untrack {_shown(schema, name)}: {exc.diag.message_primary}"
         ) from None
     return _shown(schema, name)
-
-
-_NOT_MIGRATED = "pgpulse is not installed in this database: run `pgpulse migrate` first"
 
 
 def _shown(schema: str, name: str) -> str:
