@@ -195,21 +195,18 @@ class Verifier:
             self._verified.popitem(last=False)
         return principal
 
-    async def prepare(self, token: str) -> None:
-        """Fetch the identity provider's keys now, off the event loop, if ``token`` needs it.
-
-        Call it before :meth:`verify` in async code: ``verify`` is synchronous
-        and would otherwise fetch in the event loop, stalling every connection
-        of the process for as long as the provider takes to answer.
-        """
-        if self._jwks is None or token in self._verified:
-            return
-        try:
-            kid = jwt.get_unverified_header(token).get("kid")
-        except jwt.PyJWTError:
-            return  # verify says why
-        if isinstance(kid, str) and kid:
-            await self._jwks.prepare(kid)
+    async def verify_async(self, token: str) -> Principal:
+        """:meth:`verify` for async code: a fetch of the identity provider's keys that
+        ``token`` needs runs in a thread, where ``verify`` would run it in the event
+        loop and stall every connection of the process while the provider answers."""
+        if self._jwks is not None and token not in self._verified:
+            try:
+                kid = jwt.get_unverified_header(token).get("kid")
+            except jwt.PyJWTError:
+                kid = None  # verify says why
+            if isinstance(kid, str) and kid:
+                await self._jwks.prepare(kid)
+        return self.verify(token)
 
     def _candidates(self, token: str) -> list[tuple[Any, list[str]]]:
         """The keys that may have signed ``token``: its ``kid``'s from the JWKS, then the rest."""
@@ -418,10 +415,10 @@ class JwksKeys:
     set. Keys of other algorithms than RS256 and ES256 are skipped.
 
     PyJWT's :class:`jwt.PyJWKClient` fetches synchronously, with a short
-    timeout. The server's paths call :meth:`prepare` first, which fetches in
-    a thread (one fetch however many callers wait for it): an unknown
-    ``kid`` waits for it, an old set is used while it is renewed. Only a
-    direct call of :meth:`Verifier.verify` fetches in the caller's thread.
+    timeout. The server's paths verify with :meth:`Verifier.verify_async`,
+    whose :meth:`prepare` fetches in a thread (one fetch however many callers
+    wait for it): an unknown ``kid`` waits for it, an old set is used while
+    it is renewed. Only :meth:`Verifier.verify` fetches in the caller's thread.
     """
 
     def __init__(self, url: str) -> None:

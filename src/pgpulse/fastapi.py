@@ -322,8 +322,7 @@ class TokenAuth:
         elif query_token:
             token = conn.query_params.get("token")
         if token:
-            await self.verifier.prepare(token)  # a JWKS fetch, off the event loop
-            return self.verifier.verify(token)
+            return await self.verifier.verify_async(token)
         if self.settings.insecure_dev:
             tenant = conn.query_params.get("tenant_id")
             if is_name(tenant):

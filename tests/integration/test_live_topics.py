@@ -228,7 +228,7 @@ async def test_a_refresh_to_fewer_topics_overrules_what_is_queued_or_in_flight(
         assert (
             ops.handle({"op": "subscribe", "topics": ["b"], "last_event_id": 0, "ref": 1}) is None
         )
-        assert orjson.loads(lifetime.refresh(narrower))["op"] == "refreshed"
+        assert orjson.loads(await lifetime.refresh(narrower))["op"] == "refreshed"
         (answer,) = frames(await writer.pull(1))
         assert answer["op"] == "error" and answer["ref"] == 1 and "b" in answer["message"]
         assert sub.topics == frozenset({"a"})
@@ -245,7 +245,7 @@ async def test_a_refresh_to_fewer_topics_overrules_what_is_queued_or_in_flight(
         assert ops.handle({"op": "subscribe", "topics": ["b"], "last_event_id": 0}) is None
         subscribed, first = frames(await writer.pull(2))
         assert subscribed["op"] == "subscribed" and first == b_ids[0]
-        assert orjson.loads(lifetime.refresh(narrower))["op"] == "refreshed"
+        assert orjson.loads(await lifetime.refresh(narrower))["op"] == "refreshed"
         (a_id,) = await publish(database_url, tenant, "a")
         await dispatch(stream, tenant, a_id)
         assert ids(await writer.pull(1)) == [a_id]  # not the rest of b's catch-up

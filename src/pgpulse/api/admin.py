@@ -64,9 +64,7 @@ async def _admin(request: Request) -> Principal:
             headers={"WWW-Authenticate": "Bearer"},
         )
     try:
-        verifier = _verifier(request)
-        await verifier.prepare(value.strip())
-        principal = verifier.verify(value.strip())
+        principal = await _verifier(request).verify_async(value.strip())
     except AuthError as exc:
         raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
     if ADMIN_SCOPE not in principal.scopes:

@@ -71,19 +71,16 @@ class Lifetime:
         """The reply to a client frame this module handles (``refresh``), else None."""
         if frame.get("op") != "refresh":
             return None
-        token = frame.get("token")
-        if self._verifier is not None and isinstance(token, str) and token:
-            await self._verifier.prepare(token)  # a JWKS fetch, off the event loop
-        return self.refresh(token)
+        return await self.refresh(frame.get("token"))
 
-    def refresh(self, token: object) -> str:
+    async def refresh(self, token: object) -> str:
         """Take a new token for this connection; the reply frame says whether it was."""
         if not isinstance(token, str) or not token:
             return _refused('"token" must be a non-empty string')
         if self._verifier is None:
             return _refused("this server does not verify tokens")
         try:
-            new = self._verifier.verify(token)
+            new = await self._verifier.verify_async(token)
         except AuthError as exc:
             return _refused(str(exc))
         old = self.principal
